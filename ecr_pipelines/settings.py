@@ -1,0 +1,98 @@
+"""Where the project keeps its local state, and how environment variables are read.
+
+Every environment variable the project reads is declared in ``ENV_VARS`` so that the README
+table and the ``python -m ecr_pipelines env`` command stay in step with the code.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from ecr_pipelines import __version__
+
+USER_AGENT = f"ecr-pipelines/{__version__} (+https://github.com/eea/ecr_pipelines)"
+
+SERVICE_SCHEMAS: tuple[str, ...] = ("registry", "iati", "ckan", "datastore", "energy")
+
+
+@dataclass(frozen=True)
+class EnvVarDoc:
+    name: str
+    default: str
+    description: str
+    secret: bool = False
+
+
+ENV_VARS: tuple[EnvVarDoc, ...] = (
+    EnvVarDoc("ECR_HOME", "./.ecr", "Local state: embedded Postgres, blobs, outbox, Dagster home."),
+    EnvVarDoc(
+        "DATABASE_URL",
+        "embedded Postgres under ECR_HOME/pgdata",
+        "Application database (any postgres:// or postgresql[+driver]:// URL, `?host=/socket/dir` allowed).",
+        secret=True,
+    ),
+    EnvVarDoc(
+        "DAGSTER_PG_URL",
+        "database `dagster` on the application server",
+        "Dagster run/event/schedule storage, read by dagster.yaml.",
+        secret=True,
+    ),
+    EnvVarDoc("DAGSTER_HOME", "ECR_HOME/dagster_home", "Folder holding dagster.yaml (set by the Makefile)."),
+    EnvVarDoc(
+        "ECR_SQL_DIR", "./sql of the checkout", "Folder of the migration files (set in the Docker image)."
+    ),
+    EnvVarDoc(
+        "BLOB_STORE_URL", "ECR_HOME/blobs", "`s3://bucket/prefix` or a local folder (path or file:// URL)."
+    ),
+    EnvVarDoc("S3_ENDPOINT_URL", "AWS", "Endpoint of an S3-compatible server (MinIO, moto, ...)."),
+    EnvVarDoc("AWS_ACCESS_KEY_ID", "boto3 chain", "S3 credentials (standard boto3 variables).", secret=True),
+    EnvVarDoc("AWS_SECRET_ACCESS_KEY", "boto3 chain", "S3 credentials.", secret=True),
+    EnvVarDoc("AWS_REGION", "us-east-1", "S3 region."),
+    EnvVarDoc(
+        "SMTP_URL",
+        "outbox folder ECR_HOME/outbox",
+        "`smtp://user:pass@host:port` (`?starttls=true`), or `smtps://` for implicit TLS.",
+        secret=True,
+    ),
+    EnvVarDoc("MAIL_FROM", "ecr-pipelines@localhost", "Sender address of every mail."),
+    EnvVarDoc("ALERT_MAIL_TO", "(none)", "Comma-separated recipients of run-failure mails."),
+    EnvVarDoc("HTTP_CONNECT_TIMEOUT", "10", "Seconds to connect to an upstream."),
+    EnvVarDoc("HTTP_READ_TIMEOUT", "60", "Seconds between bytes from an upstream."),
+    EnvVarDoc("HTTP_RETRIES", "3", "Retries on connection errors and 429/502/503/504 answers."),
+    EnvVarDoc("HTTP_MAX_DOWNLOAD_BYTES", "524288000", "Size cap of one streamed download (500 MiB)."),
+    EnvVarDoc(
+        "HTTPS_VERIFY", "true", "TLS certificate verification for upstream calls (`false` to switch off)."
+    ),
+)
+
+
+def ecr_home() -> Path:
+    """The folder for local state; created on first use and always absolute."""
+    home = Path(os.environ.get("ECR_HOME") or ".ecr").expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    """An environment variable, with empty strings treated as unset."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = env_str(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_or_default(name: str, default: str | None) -> str | dg.EnvVar | None:
+    """``dg.EnvVar(name)`` when the variable is set, else ``default``.
+
+    Resources take ``EnvVar`` so that the UI shows the variable's name rather than its value
+    (secrets stay out of run config and logs); Dagster refuses an ``EnvVar`` that is unset,
+    hence the fallback for the optional ones.
+    """
+    return dg.EnvVar(name) if env_str(name) is not None else default

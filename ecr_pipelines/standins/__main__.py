@@ -1,0 +1,3 @@
+from ecr_pipelines.standins.server import main
+
+main()

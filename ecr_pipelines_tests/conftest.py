@@ -1,0 +1,148 @@
+"""Shared test infrastructure: real parts on loopback, no patched clients.
+
+- one embedded Postgres (pgserver) for the session, in a temporary folder, deleted at the end;
+  the application database on it is migrated once, and ``fresh_database`` makes throwaway ones;
+- an S3 server (moto's server mode) and an SMTP server (aiosmtpd), both on 127.0.0.1;
+- ``standin``: an empty stand-in HTTP server per test, for the test to fill with routes.
+
+``ECR_HOME`` points at a temporary folder so nothing is written into the checkout.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
+from ecr_pipelines.resources.database import ensure_database, normalise_url, with_database
+from ecr_pipelines.resources.migrations import upgrade
+from ecr_pipelines.standins import StandInServer
+
+# Variables from a developer's shell must not leak into the suite (it would touch their data).
+for _name in (
+    "DATABASE_URL",
+    "DAGSTER_PG_URL",
+    "BLOB_STORE_URL",
+    "SMTP_URL",
+    "S3_ENDPOINT_URL",
+    "DAGSTER_HOME",
+):
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ecr_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("ecr_home")
+    os.environ["ECR_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real Postgres started for this session (database ``postgres``)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    yield normalise_url(server.get_uri())
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server_url: str) -> str:
+    """The migrated application database shared by the suite."""
+    from ecr_pipelines.resources.database import engine_for
+
+    url = ensure_database(pg_server_url, "ecr_test")
+    upgrade(engine_for(url))
+    return url
+
+
+@pytest.fixture
+def fresh_database(pg_server_url: str) -> Iterator[str]:
+    """An empty database of its own, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = ensure_database(pg_server_url, name)
+    yield url
+    from ecr_pipelines.resources.database import _engine_for
+
+    _engine_for.cache_clear()  # pooled connections would block DROP DATABASE
+    admin = sa.create_engine(with_database(pg_server_url, "postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def db(database_url: str) -> DatabaseResource:
+    return DatabaseResource(url=database_url)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_blobs(s3_endpoint: str) -> BlobStoreResource:
+    """A blob store on a new bucket of the moto S3 server."""
+    import boto3
+
+    bucket = f"b-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return BlobStoreResource(url=f"s3://{bucket}/ecr", s3_endpoint_url=s3_endpoint)
+
+
+@pytest.fixture
+def local_blobs(tmp_path: Path) -> BlobStoreResource:
+    return BlobStoreResource(url=str(tmp_path / "blobs"))
+
+
+@pytest.fixture
+def standin() -> Iterator[StandInServer]:
+    with StandInServer() as server:
+        yield server
+
+
+class SmtpSink:
+    """Collects what an aiosmtpd server on loopback receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[str, SmtpSink]]:
+    """``(smtp_url, sink)`` of a real SMTP server on 127.0.0.1."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sink = SmtpSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield f"smtp://127.0.0.1:{port}", sink
+    controller.stop()

@@ -1,0 +1,46 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ecr_pipelines",
+    version="0.1.0",
+    description=(
+        "One Dagster code location replacing the registry cache, IATI refresher, CKAN packager, "
+        "data store service and energy data hub."
+    ),
+    python_requires=">=3.11,<3.13",
+    packages=find_packages(exclude=["ecr_pipelines_tests", "ecr_pipelines_tests.*"]),
+    include_package_data=True,
+    package_data={
+        "ecr_pipelines": ["py.typed", "**/*.json", "**/*.xml", "**/*.xsd", "**/*.yaml", "**/*.txt"]
+    },
+    install_requires=[
+        # dagster and the webserver move together; the integrations follow the matching 0.x line.
+        "dagster==1.13.27",
+        "dagster-webserver==1.13.27",
+        "dagster-postgres==0.29.27",
+        "dagster-aws==0.29.27",
+        "pandas>=2.2",
+        "sqlalchemy>=2.0,<2.2",
+        # One driver for every URL (see resources/database.py); psycopg 3 is deliberately absent.
+        "psycopg2-binary>=2.9",
+        "pgserver==0.1.4",
+        "rapidfuzz>=3.9",
+        "lxml>=5.2",
+        "pysolr>=3.10",
+        "requests>=2.32",
+        "urllib3>=2.2",
+        "charset-normalizer>=3.3",
+        "python-dateutil>=2.9",
+        "PyYAML>=6",
+        "boto3>=1.34",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "moto[server]>=5.0",
+            "aiosmtpd>=1.4",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={"console_scripts": ["ecr-pipelines=ecr_pipelines.__main__:main"]},
+)
