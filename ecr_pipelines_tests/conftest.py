@@ -41,18 +41,33 @@ def ecr_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+def outside_pytest_tmp(prefix: str) -> Path:
+    """A temporary folder outside pytest's tree.
+
+    As root, pgserver runs Postgres as the user ``pgserver`` and opens the folder's ancestors to
+    it; pytest resets its own ``/tmp/pytest-of-root`` to mode 0700 whenever another pytest starts,
+    which would lock a running server out of its data directory.
+    """
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """URL of a real Postgres started for this session (database ``postgres``)."""
+    import shutil
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    folder = outside_pytest_tmp("ecr-test-pg-")
+    server = pgserver.get_server(folder / "data", cleanup_mode="delete")
     yield normalise_url(server.get_uri())
     server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

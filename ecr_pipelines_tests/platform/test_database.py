@@ -2,10 +2,10 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -23,6 +23,7 @@ from ecr_pipelines.resources.migrations import (
     upgrade,
 )
 from ecr_pipelines.settings import SERVICE_SCHEMAS
+from ecr_pipelines_tests.conftest import outside_pytest_tmp
 
 
 @pytest.mark.parametrize(
@@ -150,7 +151,8 @@ print(json.dumps({"url": url, "started": pid}))
 """
 
 
-def test_embedded_postgres_starts_once_and_is_reused_by_a_second_process(tmp_path: Path) -> None:
+def test_embedded_postgres_starts_once_and_is_reused_by_a_second_process() -> None:
+    tmp_path = outside_pytest_tmp("ecr-test-home-")
     env = {**os.environ, "ECR_HOME": str(tmp_path)}
     env.pop("DATABASE_URL", None)
     try:
@@ -170,3 +172,4 @@ def test_embedded_postgres_starts_once_and_is_reused_by_a_second_process(tmp_pat
         subprocess.run(
             [sys.executable, "-m", "ecr_pipelines", "db", "stop"], env=env, capture_output=True, check=False
         )
+        shutil.rmtree(tmp_path, ignore_errors=True)
