@@ -11,7 +11,8 @@ setup(
     packages=find_packages(exclude=["ecr_pipelines_tests", "ecr_pipelines_tests.*"]),
     include_package_data=True,
     package_data={
-        "ecr_pipelines": ["py.typed", "**/*.json", "**/*.xml", "**/*.xsd", "**/*.yaml", "**/*.txt"]
+        # Reference tables, schemas, Solr field lists, stand-in recordings and their attributions.
+        "ecr_pipelines": ["**/*.json", "**/*.xml", "**/*.xsd", "**/*.yaml", "**/*.txt", "**/*.tsv", "**/*.md", "**/*.pdf"]
     },
     install_requires=[
         # dagster and the webserver move together; the integrations follow the matching 0.x line.

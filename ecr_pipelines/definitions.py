@@ -1,16 +1,18 @@
 """The code location: every service's definitions merged, with the shared resources.
 
-Each service package exports its own ``defs``; this module only assembles them. Runs use the
+Each service package exports ``build_defs()``; this module only assembles them. Runs use the
 in-process executor by default: on these small machines a subprocess per step costs more than
 it parallelises (override per run with ``execution: {config: {multiprocess: {}}}``).
 """
 
 import dagster as dg
 
-from ecr_pipelines import platform
+from ecr_pipelines import platform, registry
 from ecr_pipelines.resources import build_resources
 
-SERVICE_DEFS: list[dg.Definitions] = [platform.defs]
+# One entry per service package; each builds its definitions (and its own resources) from the
+# environment when called, so the demo can build them after pointing the clients at stand-ins.
+SERVICES = [platform, registry]
 
 all_assets_job = dg.define_asset_job(
     "all_assets_job",
@@ -22,7 +24,7 @@ all_assets_job = dg.define_asset_job(
 def build_definitions() -> dg.Definitions:
     """The merged definitions, with resources configured from the current environment."""
     return dg.Definitions.merge(
-        *SERVICE_DEFS,
+        *(service.build_defs() for service in SERVICES),
         dg.Definitions(jobs=[all_assets_job], resources=build_resources(), executor=dg.in_process_executor),
     )
 

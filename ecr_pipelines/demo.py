@@ -31,8 +31,9 @@ class DemoService:
 
 def demo_services() -> list[DemoService]:
     """The services that take part in the demo, in pipeline order."""
-    services: list[DemoService] = []
-    return services
+    from ecr_pipelines.registry.demo import DEMO_SERVICE as registry
+
+    return [registry]
 
 
 def start_standins(port: int = 0) -> tuple[StandInServer, dict[str, str]]:
@@ -90,7 +91,8 @@ def run_demo() -> int:
         from ecr_pipelines.definitions import build_definitions
 
         defs = build_definitions()  # after the stand-in URLs are in the environment
-        run_config: dict[str, Any] = {}
+        # Progress lines (INFO) only; Dagster's per-step DEBUG events stay in the UI.
+        run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
         for service in demo_services():
             run_config.update(service.run_config)
         job = defs.resolve_job_def("all_assets_job")

@@ -65,6 +65,39 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
     EnvVarDoc(
         "HTTPS_VERIFY", "true", "TLS certificate verification for upstream calls (`false` to switch off)."
     ),
+    # Registry cache: the legacy service's names, so an existing deployment carries over.
+    EnvVarDoc("BASE_URL_FGAS", "(none)", "F-gas registry root; the API is `<root>/rest/api/latest/...`."),
+    EnvVarDoc("BASE_URL_ODS", "(none)", "ODS registry root (undertakings and licences)."),
+    EnvVarDoc("API_USER", "(none)", "`user` header for both registries.", secret=True),
+    EnvVarDoc("API_PASSWORD", "(none)", "`password` header for both registries.", secret=True),
+    EnvVarDoc("BDR_API_URL", "(none)", "Legacy BDR registry API (old companies per obligation)."),
+    EnvVarDoc("BDR_API_KEY", "(none)", "`Authorization` header for the BDR registry.", secret=True),
+    EnvVarDoc("BDR_ENDPOINT_URL", "(none: BDR calls skipped)", "BDR reporting portal (collections)."),
+    EnvVarDoc("BDR_ENDPOINT_USER", "(none)", "BDR portal Basic-auth user.", secret=True),
+    EnvVarDoc("BDR_ENDPOINT_PASSWORD", "(none)", "BDR portal Basic-auth password.", secret=True),
+    EnvVarDoc(
+        "MANUAL_VERIFY_ALL_COMPANIES",
+        "ODS,FGAS",
+        "Domains matched against old companies (and whose old companies are synced).",
+    ),
+    EnvVarDoc("AUTO_VERIFY_ALL_COMPANIES", "(empty)", "Domains verified as new without matching."),
+    EnvVarDoc(
+        "AUTO_VERIFY_NEW_COMPANIES",
+        "(empty)",
+        "Domains whose companies without candidates are verified as new.",
+    ),
+    EnvVarDoc("FUZZ_LIMIT", "75", "Minimum rounded fuzzy ratio of two lower-cased company names."),
+    EnvVarDoc(
+        "COMPANIES_EXCEPTED_FROM_CHECKS",
+        "(empty)",
+        "Comma-separated external ids that always pass the checks.",
+    ),
+    EnvVarDoc(
+        "REGISTRY_PATCHES_FILE",
+        "(none)",
+        "JSON/YAML file with PATCH_COMPANIES, PATCH_USERS, PATCH_GB_OLD_REPR, PATCH_LICENCES.",
+    ),
+    EnvVarDoc("SEND_MATCHING_MAILS", "true", "Mail the `registry.mail_address` list on verifications."),
 )
 
 

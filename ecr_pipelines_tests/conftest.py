@@ -161,3 +161,23 @@ def smtp_server() -> Iterator[tuple[str, SmtpSink]]:
     controller.start()
     yield f"smtp://127.0.0.1:{port}", sink
     controller.stop()
+
+
+@pytest.fixture(scope="session")
+def dagster_cli_env(
+    pg_server_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Environment for `dagster` CLI subprocesses: a Postgres-backed instance (the repository's
+    dagster.yaml in a temporary DAGSTER_HOME) and the suite's application database."""
+    import shutil
+
+    home = tmp_path_factory.mktemp("dagster_home")
+    shutil.copyfile(Path(__file__).resolve().parents[1] / "dagster.yaml", home / "dagster.yaml")
+    env = dict(os.environ)
+    env.update(
+        DAGSTER_HOME=str(home),
+        DAGSTER_PG_URL=ensure_database(pg_server_url, "dagster_test"),
+        DATABASE_URL=database_url,
+        PYTHONWARNINGS="ignore",
+    )
+    return env

@@ -1,17 +1,12 @@
 """The code location loads, every asset is documented, and the CLI forms the users rely on work
 against a Postgres-backed Dagster instance."""
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import sqlalchemy as sa
-
-from ecr_pipelines.resources.database import ensure_database
 
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -48,27 +43,11 @@ def test_no_asset_module_uses_future_annotations() -> None:
     assert offenders == []
 
 
-@pytest.fixture(scope="module")
-def dagster_env(
-    pg_server_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = dict(os.environ)
-    env.update(
-        DAGSTER_HOME=str(home),
-        DAGSTER_PG_URL=ensure_database(pg_server_url, "dagster_test"),
-        DATABASE_URL=database_url,
-        PYTHONWARNINGS="ignore",
-    )
-    return env
-
-
-def test_dagster_definitions_validate_with_the_workspace(dagster_env: dict[str, str]) -> None:
+def test_dagster_definitions_validate_with_the_workspace(dagster_cli_env: dict[str, str]) -> None:
     done = subprocess.run(
         [DAGSTER, "definitions", "validate", "-w", "workspace.yaml"],
         cwd=REPO,
-        env=dagster_env,
+        env=dagster_cli_env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -77,17 +56,17 @@ def test_dagster_definitions_validate_with_the_workspace(dagster_env: dict[str, 
     assert "All code locations passed validation" in done.stderr + done.stdout
 
 
-def test_dagster_job_execute_stores_the_run_in_postgres(dagster_env: dict[str, str]) -> None:
+def test_dagster_job_execute_stores_the_run_in_postgres(dagster_cli_env: dict[str, str]) -> None:
     done = subprocess.run(
         [DAGSTER, "job", "execute", "-m", "ecr_pipelines.definitions", "-j", "platform_check_job"],
         cwd=REPO,
-        env=dagster_env,
+        env=dagster_cli_env,
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    engine = sa.create_engine(dagster_env["DAGSTER_PG_URL"])
+    engine = sa.create_engine(dagster_cli_env["DAGSTER_PG_URL"])
     with engine.connect() as conn:
         statuses = (
             conn.execute(sa.text("SELECT status FROM runs WHERE pipeline_name = 'platform_check_job'"))

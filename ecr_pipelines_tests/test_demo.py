@@ -25,6 +25,12 @@ def test_demo_runs_every_asset_and_is_idempotent(
         assert run_demo() == 0, f"demo run {attempt + 1} failed"
         out = capsys.readouterr().out
         assert "platform_status" in out and "success" in out
+    app = sa.create_engine(os.environ["DATABASE_URL"])
+    with app.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(*) FROM registry.undertaking")) > 0
+        assert conn.scalar(sa.text("SELECT count(*) FROM registry.old_company_link")) > 0
+        assert conn.scalar(sa.text("SELECT count(*) FROM registry.substance")) > 0
+    app.dispose()
     engine = sa.create_engine(os.environ["DAGSTER_PG_URL"])
     with engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")) == 2

@@ -11,9 +11,13 @@ platform_check_job = dg.define_asset_job(
     description="Checks that the database, blob store and mail settings are usable.",
 )
 
-defs = dg.Definitions(
+_defs = dg.Definitions(
     assets=[platform_status],
     asset_checks=[service_schemas_exist, migrations_unmodified],
     jobs=[platform_check_job],
     sensors=[run_failure_mail_sensor],
 )
+
+
+def build_defs() -> dg.Definitions:
+    return _defs

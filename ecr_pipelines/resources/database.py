@@ -87,9 +87,12 @@ def embedded_server_url(pgdata: Path | None = None) -> str:
 def stop_embedded_server(pgdata: Path | None = None) -> bool:
     """Stop the embedded Postgres if it runs; return whether it was running."""
     import subprocess
+    import warnings
 
-    from pgserver._commands import pg_ctl
-    from pgserver.utils import PostmasterInfo
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # see embedded_server_url
+        from pgserver._commands import pg_ctl
+        from pgserver.utils import PostmasterInfo
 
     path = (pgdata or embedded_pgdata()).resolve()
     if not (path / "PG_VERSION").exists():
