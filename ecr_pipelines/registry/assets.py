@@ -177,40 +177,35 @@ _SYNC_DESCRIPTION = (
 )
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"postgres", "api"},
-    deps=[registry_reference_tables],
-    output_required=False,
-    description=_SYNC_DESCRIPTION.format(name="F-gas"),
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
-)
-def fgas_undertakings(
-    context: dg.AssetExecutionContext,
-    config: UndertakingSyncConfig,
-    db: DatabaseResource,
-    http: HttpResource,
-    registry: RegistryResource,
-) -> Iterator[dg.MaterializeResult]:
-    yield from _sync_domain(context, FGAS, config, db, http, registry)
+# Upstream calls already retry at the HTTP level; this covers what breaks around them (a dropped
+# database connection, a worker restart) and leaves a clear failure after the third try.
+UPSTREAM_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"postgres", "api"},
-    deps=[registry_reference_tables],
-    output_required=False,
-    description=_SYNC_DESCRIPTION.format(name="ODS"),
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
-)
-def ods_undertakings(
-    context: dg.AssetExecutionContext,
-    config: UndertakingSyncConfig,
-    db: DatabaseResource,
-    http: HttpResource,
-    registry: RegistryResource,
-) -> Iterator[dg.MaterializeResult]:
-    yield from _sync_domain(context, ODS, config, db, http, registry)
+def _undertakings_asset(domain: str, label: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"{domain.lower()}_undertakings",
+        group_name=GROUP,
+        kinds={"postgres", "api"},
+        deps=[registry_reference_tables],
+        output_required=False,  # `sync: false` leaves the domain out of a run
+        description=_SYNC_DESCRIPTION.format(name=label),
+        retry_policy=UPSTREAM_RETRY,
+    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        config: UndertakingSyncConfig,
+        db: DatabaseResource,
+        http: HttpResource,
+        registry: RegistryResource,
+    ) -> Iterator[dg.MaterializeResult]:
+        yield from _sync_domain(context, domain, config, db, http, registry)
+
+    return _asset
+
+
+fgas_undertakings = _undertakings_asset(FGAS, "F-gas")
+ods_undertakings = _undertakings_asset(ODS, "ODS")
 
 
 @dg.asset(
@@ -221,7 +216,7 @@ def ods_undertakings(
         "MANUAL_VERIFY_ALL_COMPANIES, upserted into registry.old_company by (BDR id, obligation). The "
         "operator's valid flag is kept. These are the candidates the matching proposes."
     ),
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+    retry_policy=UPSTREAM_RETRY,
 )
 def bdr_old_companies(
     context: dg.AssetExecutionContext, db: DatabaseResource, http: HttpResource, registry: RegistryResource
@@ -360,7 +355,7 @@ class LicenceConfig(dg.Config):
         "the conversion tables (quantity: ceil, or 7 decimals for laboratory uses). Rows that cannot "
         "be translated are reported in registry.licence_rejection and in the metadata."
     ),
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+    retry_policy=UPSTREAM_RETRY,
 )
 def ods_licences(
     context: dg.AssetExecutionContext,

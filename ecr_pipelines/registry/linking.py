@@ -11,6 +11,7 @@ from collections.abc import Callable
 import dagster as dg
 import pandas as pd
 
+from ecr_pipelines.checks import offending_rows_check
 from ecr_pipelines.registry import operations
 from ecr_pipelines.registry.assets import (
     GROUP,
@@ -113,12 +114,11 @@ def undertaking_company_links(
 
 @dg.asset_check(asset=undertaking_company_links, description="No old company is taken by two undertakings.")
 def old_company_taken_once(db: DatabaseResource) -> dg.AssetCheckResult:
-    with db.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT oldcompany_id, count(*) FROM registry.undertaking WHERE oldcompany_id IS NOT NULL "
-            "GROUP BY oldcompany_id HAVING count(*) > 1"
-        ).all()
-    return dg.AssetCheckResult(passed=not rows, metadata={"taken_twice": len(rows)})
+    return offending_rows_check(
+        db,
+        "SELECT oldcompany_id, count(*) AS undertakings FROM registry.undertaking WHERE oldcompany_id IS NOT NULL "
+        "GROUP BY oldcompany_id HAVING count(*) > 1",
+    )
 
 
 @dg.asset_check(
@@ -126,18 +126,15 @@ def old_company_taken_once(db: DatabaseResource) -> dg.AssetCheckResult:
     description="Every verified undertaking has a matching_log row recording who verified it.",
 )
 def verified_undertakings_are_logged(db: DatabaseResource) -> dg.AssetCheckResult:
-    with db.connect() as conn:
-        rows = conn.exec_driver_sql(
-            """
-            SELECT u.domain, u.external_id FROM registry.undertaking u
-            WHERE u.oldcompany_verified AND NOT EXISTS (
-                SELECT 1 FROM registry.matching_log m
-                WHERE m.company_id = u.external_id AND m.domain = u.domain AND m.verified)
-            ORDER BY u.id LIMIT 20
-            """
-        ).all()
-    return dg.AssetCheckResult(
-        passed=not rows, metadata={"unlogged": ", ".join(f"{d} {e}" for d, e in rows) or "none"}
+    return offending_rows_check(
+        db,
+        """
+        SELECT u.domain, u.external_id FROM registry.undertaking u
+        WHERE u.oldcompany_verified AND NOT EXISTS (
+            SELECT 1 FROM registry.matching_log m
+            WHERE m.company_id = u.external_id AND m.domain = u.domain AND m.verified)
+        ORDER BY u.id
+        """,
     )
 
 
@@ -192,73 +189,48 @@ def _operate(context: dg.OpExecutionContext, db: DatabaseResource, action: Calla
     context.log.info("done")
 
 
-@dg.op(description="Verify the proposed link between an undertaking and an old company.")
-def verify_link(
-    context: dg.OpExecutionContext,
-    config: VerifyConfig,
-    db: DatabaseResource,
-    http: HttpResource,
-    mail: MailResource,
-    registry: RegistryResource,
-) -> None:
-    bdr = registry.bdr_endpoint(http.session())
-    _operate(
-        context,
-        db,
-        lambda sql: operations.verify(
-            sql,
-            bdr,
-            config.undertaking,
-            config.old_company,
-            config.user,
-            config.domain,
-            notifier(sql, mail, registry),
-        ),
-    )
+def _verifying_op(
+    name: str, description: str, config_type: type[dg.Config], action: Callable[..., None]
+) -> dg.OpDefinition:
+    """An op that verifies something: BDR client and notification mails come with it."""
+
+    @dg.op(name=name, description=description)
+    def _op(
+        context: dg.OpExecutionContext,
+        config: config_type,  # type: ignore[valid-type]
+        db: DatabaseResource,
+        http: HttpResource,
+        mail: MailResource,
+        registry: RegistryResource,
+    ) -> None:
+        bdr = registry.bdr_endpoint(http.session())
+        _operate(context, db, lambda sql: action(sql, bdr, config, notifier(sql, mail, registry)))
+
+    return _op
 
 
-@dg.op(description="Verify an undertaking as a new company (no old company).")
-def verify_none(
-    context: dg.OpExecutionContext,
-    config: UndertakingConfig,
-    db: DatabaseResource,
-    http: HttpResource,
-    mail: MailResource,
-    registry: RegistryResource,
-) -> None:
-    bdr = registry.bdr_endpoint(http.session())
-    _operate(
-        context,
-        db,
-        lambda sql: operations.verify_none(
-            sql, bdr, config.undertaking, config.domain, config.user, notifier(sql, mail, registry)
-        ),
-    )
-
-
-@dg.op(description="Verify an undertaking with a BDR collection chosen by the operator.")
-def manual_link(
-    context: dg.OpExecutionContext,
-    config: ManualConfig,
-    db: DatabaseResource,
-    http: HttpResource,
-    mail: MailResource,
-    registry: RegistryResource,
-) -> None:
-    bdr = registry.bdr_endpoint(http.session())
-    _operate(
-        context,
-        db,
-        lambda sql: operations.manual(
-            sql,
-            bdr,
-            config.undertaking,
-            config.domain,
-            config.collection_account,
-            config.user,
-            notifier(sql, mail, registry),
-        ),
-    )
+verify_link = _verifying_op(
+    "verify_link",
+    "Verify the proposed link between an undertaking and an old company.",
+    VerifyConfig,
+    lambda sql, bdr, c, notify: operations.verify(
+        sql, bdr, c.undertaking, c.old_company, c.user, c.domain, notify
+    ),
+)
+verify_none = _verifying_op(
+    "verify_none",
+    "Verify an undertaking as a new company (no old company).",
+    UndertakingConfig,
+    lambda sql, bdr, c, notify: operations.verify_none(sql, bdr, c.undertaking, c.domain, c.user, notify),
+)
+manual_link = _verifying_op(
+    "manual_link",
+    "Verify an undertaking with a BDR collection chosen by the operator.",
+    ManualConfig,
+    lambda sql, bdr, c, notify: operations.manual(
+        sql, bdr, c.undertaking, c.domain, c.collection_account, c.user, notify
+    ),
+)
 
 
 @dg.op(description="Undo the verification of an undertaking (its link is reset too).")

@@ -241,21 +241,17 @@ class UndertakingSync:
         )
         if not rows:
             return {}
-        internal_ids = [r.id for r in rows]
-        history: dict[int, list[str]] = {}
-        for uid, code in self.sql.all(
+        internal_ids = {"ids": [r.id for r in rows]}
+        history = self.sql.grouped(
             "SELECT h.undertaking_id, c.code FROM registry.undertaking_country_history h "
             "JOIN registry.country c ON c.id = h.country_id WHERE h.undertaking_id = ANY(:ids)",
-            {"ids": internal_ids},
-        ):
-            history.setdefault(uid, []).append(code)
-        usernames: dict[int, list[str]] = {}
-        for uid, name in self.sql.all(
+            internal_ids,
+        )
+        usernames = self.sql.grouped(
             'SELECT uu.undertaking_id, us.username FROM registry.undertaking_users uu JOIN registry."user" us '
             "ON us.id = uu.user_id WHERE uu.undertaking_id = ANY(:ids)",
-            {"ids": internal_ids},
-        ):
-            usernames.setdefault(uid, []).append(name)
+            internal_ids,
+        )
         return {
             r.external_id: _Existing(
                 r.id,

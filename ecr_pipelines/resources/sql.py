@@ -32,6 +32,13 @@ class Sql:
         self.statements += 1
         return self.conn.execute(sa.text(sql), dict(params or {})).scalar()
 
+    def grouped(self, sql: str, params: Mapping[str, Any] | None = None) -> dict[Any, list[Any]]:
+        """Two-column rows ``(key, value)`` as ``{key: [values...]}``, in row order."""
+        groups: dict[Any, list[Any]] = {}
+        for key, value in self.all(sql, params):
+            groups.setdefault(key, []).append(value)
+        return groups
+
     def exec(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
         self.statements += 1
         return self.conn.execute(sa.text(sql), dict(params or {})).rowcount
