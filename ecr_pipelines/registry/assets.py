@@ -134,7 +134,7 @@ def _sync_domain(
                 domain,
                 patches=registry.patches(),
                 excepted=registry.excepted_ids(),
-                run_id=context.run_id,
+                run_id=context.run.run_id,
                 force=config.force,
             )
             report = sync.run(records())
@@ -154,7 +154,7 @@ def _sync_domain(
                     "u": report.updated,
                     "r": len(report.rejected),
                     "c": len(report.failed_checks),
-                    "run": context.run_id,
+                    "run": context.run.run_id,
                 },
             )
         stored = sql.scalar("SELECT count(*) FROM registry.undertaking WHERE domain = :d", {"d": domain})
@@ -375,7 +375,7 @@ def ods_licences(
         sql = Sql(conn)
         known = [r[0] for r in sql.all("SELECT external_id FROM registry.undertaking WHERE domain = 'ODS'")]
         aggregation = aggregate_licences(rows, year, known_organization_ids=known)
-        report = store_licences(sql, aggregation, registry.patches().licences, context.run_id)
+        report = store_licences(sql, aggregation, registry.patches().licences, context.run.run_id)
         stored = sql.scalar("SELECT count(*) FROM registry.licence WHERE year = :y", {"y": year})
     if report.unknown_organizations:
         context.log.warning(
