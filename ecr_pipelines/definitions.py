@@ -7,12 +7,12 @@ it parallelises (override per run with ``execution: {config: {multiprocess: {}}}
 
 import dagster as dg
 
-from ecr_pipelines import platform, registry
+from ecr_pipelines import iati, platform, registry
 from ecr_pipelines.resources import build_resources
 
 # One entry per service package; each builds its definitions (and its own resources) from the
 # environment when called, so the demo can build them after pointing the clients at stand-ins.
-SERVICES = [platform, registry]
+SERVICES = [platform, registry, iati]
 
 all_assets_job = dg.define_asset_job(
     "all_assets_job",

@@ -31,9 +31,10 @@ class DemoService:
 
 def demo_services() -> list[DemoService]:
     """The services that take part in the demo, in pipeline order."""
+    from ecr_pipelines.iati.demo import DEMO_SERVICE as iati
     from ecr_pipelines.registry.demo import DEMO_SERVICE as registry
 
-    return [registry]
+    return [registry, iati]
 
 
 def start_standins(port: int = 0) -> tuple[StandInServer, dict[str, str]]:

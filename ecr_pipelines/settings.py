@@ -98,6 +98,29 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
         "JSON/YAML file with PATCH_COMPANIES, PATCH_USERS, PATCH_GB_OLD_REPR, PATCH_LICENCES.",
     ),
     EnvVarDoc("SEND_MATCHING_MAILS", "true", "Mail the `registry.mail_address` list on verifications."),
+    # IATI refresher.
+    EnvVarDoc(
+        "IATI_SOURCE", "bds", "Index source: `bds` (Bulk Data Service) or `registry` (legacy CKAN registry)."
+    ),
+    EnvVarDoc(
+        "IATI_DATASET_INDEX_URL",
+        "(none; required for bds)",
+        "BDS dataset index (JSON, HEAD must carry an ETag).",
+    ),
+    EnvVarDoc("IATI_REPORTING_ORG_INDEX_URL", "(none; required for bds)", "BDS reporting-org index."),
+    EnvVarDoc("IATI_REGISTRY_URL", "https://iatiregistry.org", "CKAN site, or its `/api/3[/action]` root."),
+    EnvVarDoc(
+        "IATI_REGISTRY_REQUEST_DELAY", "1.0", "Seconds between registry calls (politeness, as the refresher)."
+    ),
+    EnvVarDoc("IATI_DOWNLOAD_WORKERS", "10", "Concurrent downloads (at most 32, the HTTP pool size)."),
+    EnvVarDoc(
+        "IATI_PUBLISHER_SAFETY_PERCENTAGE",
+        "50",
+        "Refuse a sync whose index has fewer than this % of stored publishers.",
+    ),
+    EnvVarDoc("IATI_DOCUMENT_SAFETY_PERCENTAGE", "50", "The same for documents (0 turns a valve off)."),
+    EnvVarDoc("LIMIT_TO_REPORTING_ORGS", "(empty: all)", "Comma-separated publisher short names to sync."),
+    EnvVarDoc("LIMIT_TO_DATASETS", "(empty: all)", "Comma-separated dataset names to sync."),
 )
 
 

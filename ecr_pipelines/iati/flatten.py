@@ -1,0 +1,317 @@
+"""Flatten an IATI activity file into one flat ``dict`` per activity, as the legacy refresher did.
+
+The output must match the legacy IATI refresher's ``Flattener`` key for key and value for value,
+because existing Solr schemas and saved queries depend on it. Every value is a ``str`` (or a list
+of ``str``); nothing is converted to numbers or booleans. The rules, including the quirks we keep
+on purpose:
+
+Document level
+  * The root element must be exactly ``iati-activities`` (no namespace), else ``FlattenError``.
+  * Every activity starts with the root keys, in this order: ``dataset_version`` (always present,
+    ``""`` when the root has no ``version``), ``dataset_generated_datetime`` and
+    ``dataset_linked_data_default`` (each only when the attribute is present and non-empty; the
+    generated datetime goes through the date rule below, so an unparseable one is omitted).
+  * Every ``iati-activity`` element without a namespace is an activity, at any depth: one nested
+    in another (only possible in broken, recovered files) is emitted first and also flattened again
+    as part of its parent, under ``iati_activity_*`` keys.
+  * Parsing is lenient (libxml2 recover mode): comments are dropped before flattening, so text on
+    both sides of a comment joins up.
+
+Keys
+  * Walk each element depth first: its attributes first (document order), then its own text, then
+    each child element. Keys join the ancestor path with ``_``; the activity itself adds no
+    prefix, and its own text is ignored. Text after a child element (tail text) is ignored.
+  * A name is made canonical by replacing ``-`` and ``:`` with ``_``: ``xml:lang`` becomes
+    ``xml_lang``; a namespace declared in scope of the *activity* element becomes
+    ``<prefix>_<local>`` (``usg:treasury-main-account`` → ``usg_treasury_main_account``); an
+    undeclared prefix (recovered as a literal ``bigorg:x``) becomes ``bigorg_x``; a namespace
+    declared only below the activity (e.g. ``<ext xmlns="http://e/ns">``) keeps lxml's raw
+    ``{uri}local`` form with the same replacements: ``{http_//e/ns}ext``.
+  * Processing instructions inside an activity are skipped (the refresher crashed on them, so no
+    output of the refresher depends on them). Unresolved entity references are skipped too.
+
+Values
+  * Every value is ``strip()``-ed; ``iati_identifier`` also loses every ``\\n`` and ``\\r``.
+  * Element text is only used when it is not blank; an attribute that is present but empty is kept
+    as ``""``.
+  * Date keys are those whose name contains ``iso_date``, ``value_date``, ``extraction_date`` or
+    ``_datetime``. Their value is parsed as ``%Y-%m-%d``, then ``%Y-%m-%dZ``, then
+    ``YYYY-MM-DD±HH:MM`` (offset ignored), then by ``dateutil.parser.parse`` (lenient:
+    ``17/07/2023`` is accepted; missing parts such as the day of ``"2023-05"`` are taken from
+    *today's* date, exactly as dateutil does). The result is written as
+    ``YYYY-MM-DDTHH:MM:SS.mmmZ``. A timezone offset is **dropped, not converted**
+    (``08:05:08+02:00`` → ``08:05:08.000Z``). A value that cannot be parsed (``""``, ``cat``,
+    ``2023-15-40``, a year above 9999) is **omitted**: the key is not written at all.
+  * The first value of a key is stored as a string; a second one turns it into a list and further
+    ones are appended. So one key can be a string in one activity and a list in another, and
+    parallel lists are not index-aligned (a blank narrative adds no text, yet its ``xml:lang`` is
+    still added).
+
+Sub-lists
+  * For ``transaction`` then ``budget``: when the activity has such direct children, the key
+    ``@transaction`` / ``@budget`` holds one dict per element, flattened the same way with the
+    element name as prefix (``transaction_value`` ...). They come last, ``@transaction`` first.
+    The activity-level keys still hold the aggregated ``transaction_*`` / ``budget_*`` values.
+
+Key order is root keys, then insertion order of the walk, then the sub-lists. The refresher
+stored ``json.dumps(list_of_activities)`` (ASCII-escaped, default separators); :func:`main`
+prints the same form.
+
+Deliberate differences, none of which changes the output for a file the refresher could
+flatten: the refresher read the whole file into memory twice, we stream and free every activity
+once it is flattened; the refresher resolved DTD entities, we leave them unresolved (no entity
+expansion or network access from untrusted files); the refresher crashed on processing
+instructions, we skip them. Bytes are parsed as given (encoding from the BOM / XML declaration),
+so the caller decides how to normalise encodings.
+"""
+
+import functools
+import json
+import re
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from dateutil import parser as dateutil_parser
+from lxml import etree
+
+__all__ = [
+    "ACTIVITY_TAG",
+    "EXPLODE_ELEMENTS",
+    "ROOT_TAG",
+    "FlattenError",
+    "flatten_file",
+    "free_element",
+    "iter_flattened_activities",
+    "main",
+    "normalise_date",
+]
+
+ROOT_TAG = "iati-activities"
+ACTIVITY_TAG = "iati-activity"
+# Order matters: it is the order of the "@..." keys at the end of each activity.
+EXPLODE_ELEMENTS: tuple[str, ...] = ("transaction", "budget")
+
+_XML_NS = "http://www.w3.org/XML/1998/namespace"
+_DATE_MARKERS = ("iso_date", "value_date", "extraction_date", "_datetime")
+# ASCII digits only: \d would also accept other scripts' digits, which strptime below rejects anyway.
+_DATE_WITH_OFFSET = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[+-][0-9]{2}:[0-9]{2}$")
+
+FlatValue = str | list[str]
+FlatActivity = dict[str, FlatValue | list[dict[str, FlatValue]]]
+
+
+class FlattenError(Exception):
+    """The file is not an IATI activity file (wrong root element) or cannot be parsed at all."""
+
+
+def normalise_date(value: str) -> str | None:
+    """Return ``value`` as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` like the refresher, or None if unparseable.
+
+    The timezone offset is dropped, not converted: only the wall-clock time is kept.
+    """
+    parsed: datetime | None = None
+    for fmt in ("%Y-%m-%d", "%Y-%m-%dZ"):
+        try:
+            parsed = datetime.strptime(value, fmt)
+            break
+        except ValueError:
+            continue
+    if parsed is None and _DATE_WITH_OFFSET.match(value):
+        try:
+            parsed = datetime.strptime(value[:10], "%Y-%m-%d")
+        except ValueError:
+            parsed = None
+    if parsed is None:
+        try:
+            parsed = dateutil_parser.parse(value)
+        except (ValueError, OverflowError):
+            return None
+    # strftime keeps whatever year width the platform gives, exactly like the refresher did.
+    return parsed.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_date_key(key: str) -> bool:
+    # Cached: the same few hundred keys recur in every activity of a file.
+    return any(marker in key for marker in _DATE_MARKERS)
+
+
+def _add_value(out: dict, key: str, raw: str) -> None:
+    """Store one value under ``key`` with the refresher's normalisation and scalar→list promotion."""
+    value = raw.strip()
+    if key == "iati_identifier":
+        value = value.replace("\n", "").replace("\r", "")
+    if _is_date_key(key):
+        normalised = normalise_date(value)
+        if normalised is None:
+            return
+        value = normalised
+    if key not in out:
+        out[key] = value
+    elif isinstance(out[key], list):
+        out[key].append(value)
+    else:
+        out[key] = [out[key], value]
+
+
+def _prefix_by_uri(activity: etree._Element) -> dict[str, str]:
+    """Map each namespace URI in scope of the activity to its prefix (first declaration wins)."""
+    prefixes: dict[str, str] = {}
+    for prefix, uri in activity.nsmap.items():
+        # A default namespace has no prefix to build a key from; such names keep the raw form.
+        if prefix is not None and uri not in prefixes:
+            prefixes[uri] = prefix
+    return prefixes
+
+
+def _canonical(name: str, prefixes: dict[str, str]) -> str:
+    """Turn an lxml tag or attribute name into the refresher's key fragment."""
+    if name.startswith("{"):
+        uri, _, local = name[1:].partition("}")
+        if uri == _XML_NS:
+            name = "xml_" + local
+        elif uri in prefixes:
+            name = prefixes[uri] + "_" + local
+        # Otherwise the raw "{uri}local" form stays: the refresher only knew the activity's nsmap.
+    return name.replace("-", "_").replace(":", "_")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}_{name}" if prefix else name
+
+
+def _flatten_element(element: etree._Element, prefix: str, prefixes: dict[str, str], out: dict) -> None:
+    """Add ``element``'s attributes, text and descendants to ``out`` in the refresher's order."""
+    # An explicit stack instead of recursion: huge_tree allows nesting deeper than Python's recursion
+    # limit. Children are pushed in reverse so they are visited in document order (pre-order walk).
+    stack: list[tuple[etree._Element, str]] = [(element, prefix)]
+    while stack:
+        node, path = stack.pop()
+        for name, value in node.attrib.items():
+            _add_value(out, _join(path, _canonical(name, prefixes)), value)
+        text = node.text
+        if path and text is not None and text.strip():
+            _add_value(out, path, text)
+        children = [child for child in node if isinstance(child.tag, str)]
+        for child in reversed(children):
+            stack.append((child, _join(path, _canonical(child.tag, prefixes))))
+
+
+def _flatten_activity(activity: etree._Element, root_values: dict[str, str]) -> FlatActivity:
+    prefixes = _prefix_by_uri(activity)
+    out: FlatActivity = dict(root_values)
+    _flatten_element(activity, "", prefixes, out)
+    for name in EXPLODE_ELEMENTS:
+        subs: list[dict[str, FlatValue]] = []
+        for child in activity:
+            if child.tag == name:
+                sub: dict[str, FlatValue] = {}
+                _flatten_element(child, name, prefixes, sub)
+                subs.append(sub)
+        if subs:
+            out["@" + name] = subs
+    return out
+
+
+def _root_values(root: etree._Element) -> dict[str, str]:
+    values: dict[str, str] = {}
+    _add_value(values, "dataset_version", root.get("version", ""))
+    generated = root.get("generated-datetime")
+    if generated:
+        _add_value(values, "dataset_generated_datetime", generated)
+    linked_data = root.get("linked-data-default")
+    if linked_data:
+        _add_value(values, "dataset_linked_data_default", linked_data)
+    return values
+
+
+def free_element(element: etree._Element) -> None:
+    """Drop a finished element and its earlier siblings so an iterparse tree stays one element big."""
+    element.clear(keep_tail=False)
+    parent = element.getparent()
+    if parent is not None:
+        while element.getprevious() is not None:
+            del parent[0]
+
+
+def _open_source(source: str | Path | BinaryIO) -> str | BinaryIO:
+    return str(source) if isinstance(source, Path) else source
+
+
+def iter_flattened_activities(source: str | Path | BinaryIO) -> Iterator[FlatActivity]:
+    """Yield one flattened dict per ``iati-activity`` of an IATI activity file, streaming.
+
+    ``source`` is a file path or a binary file object. Raises :class:`FlattenError` when the root
+    element is not ``iati-activities`` or the file has no parseable root at all; the error is
+    raised on the first ``next()``, before any activity is yielded.
+    """
+    events = etree.iterparse(
+        _open_source(source),
+        events=("start", "end"),
+        recover=True,
+        remove_comments=True,
+        huge_tree=True,
+        resolve_entities=False,
+        no_network=True,
+        # No xml:id table: it would grow with the document even though elements are freed.
+        collect_ids=False,
+    )
+    root_values: dict[str, str] | None = None
+    depth = 0
+    open_activities = 0
+    try:
+        for event, element in events:
+            if event == "start":
+                if depth == 0:
+                    # The root's attributes are complete at its start event, before any activity.
+                    if element.tag != ROOT_TAG:
+                        raise FlattenError(f"Non-IATI XML: root element is {element.tag!r}, not {ROOT_TAG!r}")
+                    root_values = _root_values(element)
+                depth += 1
+                if element.tag == ACTIVITY_TAG:
+                    open_activities += 1
+                continue
+            depth -= 1
+            if depth == 0:
+                break
+            if element.tag == ACTIVITY_TAG:
+                open_activities -= 1
+                assert root_values is not None
+                yield _flatten_activity(element, root_values)
+                # A nested activity still belongs to its parent's output, so only free outermost ones.
+                if open_activities == 0:
+                    free_element(element)
+            elif depth == 1:
+                # Non-activity children of the root are never read; drop them as well.
+                free_element(element)
+    except etree.XMLSyntaxError as exc:
+        raise FlattenError(f"Could not parse XML: {exc}") from exc
+    if root_values is None:
+        raise FlattenError("Could not parse XML: no root element")
+
+
+def flatten_file(source: str | Path | BinaryIO) -> list[FlatActivity]:
+    """Return the flattened activities of a whole file as a list (see :func:`iter_flattened_activities`)."""
+    return list(iter_flattened_activities(source))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ecr_pipelines.iati.flatten FILE``: print the file's activities as the refresher's JSON."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m ecr_pipelines.iati.flatten FILE", file=sys.stderr)
+        return 2
+    try:
+        activities = flatten_file(args[0])
+    except FlattenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(activities))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
