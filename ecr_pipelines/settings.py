@@ -121,6 +121,28 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
     EnvVarDoc("IATI_DOCUMENT_SAFETY_PERCENTAGE", "50", "The same for documents (0 turns a valve off)."),
     EnvVarDoc("LIMIT_TO_REPORTING_ORGS", "(empty: all)", "Comma-separated publisher short names to sync."),
     EnvVarDoc("LIMIT_TO_DATASETS", "(empty: all)", "Comma-separated dataset names to sync."),
+    EnvVarDoc("IATI_VALIDATOR", "local", "`local` (bundled XSDs, no network) or `api` (IATI Validator API)."),
+    EnvVarDoc("IATI_VALIDATOR_API_URL", "(none)", "Full validation endpoint (`.../api/pub/validate`)."),
+    EnvVarDoc(
+        "IATI_SCHEMA_VALIDATION_API_URL",
+        "(none)",
+        "Schema-only endpoint (`.../api/pvt/schema-validate-file`).",
+    ),
+    EnvVarDoc("IATI_VALIDATOR_API_KEY_NAME", "x-functions-key", "Name of the validator's key header."),
+    EnvVarDoc("IATI_VALIDATOR_API_KEY_VALUE", "(none)", "Value of the validator's key header.", secret=True),
+    EnvVarDoc("IATI_VALIDATOR_API_TIMEOUT", "600", "Read timeout (s) of validator calls."),
+    EnvVarDoc(
+        "IATI_SAFETY_CHECK_THRESHOLD",
+        "100",
+        "Flag a publisher with more schema-invalid documents than this...",
+    ),
+    EnvVarDoc("IATI_SAFETY_CHECK_PERIOD_HOURS", "2", "...downloaded within this many hours."),
+    EnvVarDoc(
+        "IATI_SAFETY_CHECK_HOLD_HOURS",
+        "the period",
+        "How long a new schema-invalid document waits before full validation.",
+    ),
+    EnvVarDoc("IATI_BLACK_FLAG_MAIL_TO", "(empty)", "Comma-separated recipients of new black-flag mails."),
 )
 
 

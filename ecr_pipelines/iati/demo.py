@@ -15,6 +15,9 @@ def _env(base_url: str) -> dict[str, str]:
         # The registry recordings are there too (IATI_SOURCE=registry), unpaced.
         "IATI_REGISTRY_URL": f"{base_url}/registry",
         "IATI_REGISTRY_REQUEST_DELAY": "0",
+        # Validate fresh schema-invalid files in the same run instead of holding them for the
+        # safety check's period, so the demo shows the clean stage at work.
+        "IATI_SAFETY_CHECK_HOLD_HOURS": "0",
     }
 
 

@@ -30,3 +30,13 @@ iati_retry_errors_schedule = dg.ScheduleDefinition(
         "URL) are downloaded again, as the refresher did every 30 loops."
     ),
 )
+
+iati_job = dg.define_asset_job(
+    "iati_job",
+    selection=dg.AssetSelection.groups("iati"),
+    description=(
+        "Every IATI stage in order: sync, download, validate, safety check, clean (and the later "
+        "stages as they exist). Each stage works on the documents that are due, so re-running is safe."
+    ),
+    tags=SERVICE_TAG,
+)

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from ecr_pipelines.iati import core_defs, iati_index_sensor
+from ecr_pipelines.iati.validator import IatiValidatorResource
 from ecr_pipelines.iati.clients import MissingETag
 from ecr_pipelines.iati.demo import RECORDINGS
 from ecr_pipelines.iati.jobs import iati_retry_errors_schedule
@@ -30,6 +31,7 @@ def resources(db: DatabaseResource, blobs: BlobStoreResource, iati: IatiResource
         "http": HttpResource(retries=1, backoff=0.01, read_timeout=10),
         "mail": MailResource(outbox_dir=None),
         "iati": iati,
+        "iati_validator": IatiValidatorResource(),
     }
 
 
@@ -94,15 +96,15 @@ def test_refresh_job_fills_the_tables_stores_files_and_records_errors(
         meta["iati_documents"]["new"],
         meta["iati_documents"]["stale"],
         meta["iati_documents"]["errors"],
-    ) == (8, 0, 0)
+    ) == (9, 0, 0)
     files = meta["iati_source_files"]
-    assert (files["due"], files["downloaded"], files["errors"]) == (7, 5, 3)
+    assert (files["due"], files["downloaded"], files["errors"]) == (8, 6, 3)
     assert (files["error_http_404"], files["error_charset"], files["error_no_source"]) == (1, 1, 1)
     assert (
         "fcdo-withdrawn.xml" in files["error_preview"]
         and "gdihub-annual-report.pdf" in files["error_preview"]
     )
-    assert files["dagster/row_count"] == 5
+    assert files["dagster/row_count"] == 6
     errors = dict(
         query(iati_db, "SELECT name, download_error FROM iati.document WHERE download_error IS NOT NULL")
     )
@@ -129,7 +131,7 @@ def test_refresh_job_fills_the_tables_stores_files_and_records_errors(
     again = run_refresh(iati_db, blobs, iati_resource(iati_standin))
     assert again.success
     meta = metadata(again)
-    assert (meta["iati_documents"]["new"], meta["iati_documents"]["unchanged"]) == (0, 8)
+    assert (meta["iati_documents"]["new"], meta["iati_documents"]["unchanged"]) == (0, 9)
     assert (meta["iati_source_files"]["due"], meta["iati_source_files"]["downloaded"]) == (0, 0)
     assert len(iati_standin.requests) == fetched + 2
 
@@ -251,7 +253,7 @@ def test_the_safety_valve_stops_a_shrunken_index_until_overridden(
     iati_standin.route(DATASETS, json=datasets)
     result = run_refresh(iati_db, blobs, iati_resource(iati_standin))
     assert not result.success
-    assert "lists 3 documents but 8 are stored" in failure_message(result)
+    assert "lists 3 documents but 9 are stored" in failure_message(result)
     assert snapshot_of(iati_db, blobs) == before
     # The percentage is configurable ...
     assert run_refresh(iati_db, blobs, iati_resource(iati_standin, document_safety_percentage=30)).success
@@ -334,7 +336,12 @@ def test_definitions_load_with_the_environment(monkeypatch: pytest.MonkeyPatch) 
         25.0,
     )
     assert resource.limit_to_reporting_orgs == "3f,fcdo"
-    defs = dg.Definitions.merge(core_defs, dg.Definitions(resources={**build_resources(), "iati": resource}))
+    defs = dg.Definitions.merge(
+        core_defs,
+        dg.Definitions(
+            resources={**build_resources(), "iati": resource, "iati_validator": IatiValidatorResource()}
+        ),
+    )
     dg.Definitions.validate_loadable(defs)
     job = defs.resolve_job_def("iati_refresh_job")
     assert job.tags["ecr/service"] == "iati"

@@ -58,7 +58,7 @@ def orgs(*ids: str, stamp: int = 1) -> dict[str, Any]:
 
 def test_recorded_bds_indices_map_to_publishers_and_documents() -> None:
     snapshot = bds_snapshot(recorded("datasets-minimal.json"), recorded("reporting-orgs.json"))
-    assert (len(snapshot.publishers), len(snapshot.documents), snapshot.rejected) == (4, 8, [])
+    assert (len(snapshot.publishers), len(snapshot.documents), snapshot.rejected) == (4, 9, [])
     assert snapshot.created is not None and snapshot.created.year == 2026
     by_name = {d.name: d for d in snapshot.documents}
     fcdo = by_name["fcdo-activities"]
@@ -73,7 +73,7 @@ def test_recorded_bds_indices_map_to_publishers_and_documents() -> None:
     never = by_name["3f-never-cached"]
     assert (never.hash, never.cached_dataset_url) == ("", None)
     publisher = next(p for p in snapshot.publishers if p.name == "3f")
-    assert (publisher.iati_id, publisher.package_count) == ("DK-CVR-31378028", 2)
+    assert (publisher.iati_id, publisher.package_count) == ("DK-CVR-31378028", 3)
     assert publisher.title.startswith("3F")
 
 
@@ -179,7 +179,7 @@ def test_limits_keep_named_publishers_and_datasets() -> None:
     snapshot = bds_snapshot(recorded("datasets-minimal.json"), recorded("reporting-orgs.json"))
     only_3f = apply_limits(snapshot, parse_name_list(" 3f , "), frozenset())
     assert [p.name for p in only_3f.publishers] == ["3f"]
-    assert {d.name for d in only_3f.documents} == {"3f-activities", "3f-never-cached"}
+    assert {d.name for d in only_3f.documents} == {"3f-activities", "3f-mixed-validity", "3f-never-cached"}
     one = apply_limits(snapshot, frozenset(), parse_name_list("fcdo-activities"))
     assert [d.name for d in one.documents] == ["fcdo-activities"] and [p.name for p in one.publishers] == [
         "fcdo"
