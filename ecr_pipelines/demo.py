@@ -10,7 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ class DemoService:
     env: Callable[[str], dict[str, str]]
     setup: Callable[[StandInServer, str], None] | None = None  # dynamic routes (paging, callbacks)
     run_config: dict[str, Any] = field(default_factory=dict)
+    # Another stand-in with a protocol of its own (e.g. Solr): a context manager giving its env.
+    extra: Callable[[], AbstractContextManager[dict[str, str]]] | None = None
 
 
 def demo_services() -> list[DemoService]:
@@ -37,18 +40,23 @@ def demo_services() -> list[DemoService]:
     return [registry, iati]
 
 
-def start_standins(port: int = 0) -> tuple[StandInServer, dict[str, str]]:
-    """One stand-in server with every service mounted at ``/<name>``; returns it and the env."""
-    server = StandInServer(port=port).start()
-    env: dict[str, str] = {}
-    for service in demo_services():
-        mount = f"/{service.name}"
-        if service.recordings is not None:
-            server.load_routes(service.recordings, mount=mount)
-        if service.setup is not None:
-            service.setup(server, mount)
-        env.update(service.env(server.url(mount)))
-    return server, env
+@contextmanager
+def standins(port: int = 0) -> Iterator[tuple[StandInServer, dict[str, str]]]:
+    """One stand-in HTTP server with every service mounted at ``/<name>``, plus each service's
+    extra stand-ins; yields the server and the environment that points the clients at them."""
+    with ExitStack() as stack:
+        server = stack.enter_context(StandInServer(port=port))
+        env: dict[str, str] = {}
+        for service in demo_services():
+            mount = f"/{service.name}"
+            if service.recordings is not None:
+                server.load_routes(service.recordings, mount=mount)
+            if service.setup is not None:
+                service.setup(server, mount)
+            env.update(service.env(server.url(mount)))
+            if service.extra is not None:
+                env.update(stack.enter_context(service.extra()))
+        yield server, env
 
 
 def _prepare() -> None:
@@ -84,9 +92,8 @@ def _summary_rows(result: Any) -> list[tuple[str, str, str, str]]:
 
 def run_demo() -> int:
     _prepare()
-    server, env = start_standins()
-    os.environ.update(env)
-    try:
+    with standins() as (_server, env):
+        os.environ.update(env)
         import dagster as dg
 
         from ecr_pipelines.definitions import build_definitions
@@ -95,17 +102,13 @@ def run_demo() -> int:
         # Progress lines (INFO) only; Dagster's per-step DEBUG events stay in the UI.
         run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
         for service in demo_services():
-            run_config.update(service.run_config)
+            for section, values in service.run_config.items():
+                run_config.setdefault(section, {}).update(values)
         job = defs.resolve_job_def("all_assets_job")
         with dg.DagsterInstance.get() as instance:
             result = job.execute_in_process(
-                instance=instance,
-                run_config=run_config or None,
-                raise_on_error=False,
-                tags={"ecr/demo": "true"},
+                instance=instance, run_config=run_config, raise_on_error=False, tags={"ecr/demo": "true"}
             )
-    finally:
-        server.stop()
     rows = _summary_rows(result)
     widths = [max(len(r[i]) for r in [("asset", "rows", "errors", "checks"), *rows]) for i in range(4)]
     print()
@@ -119,17 +122,15 @@ def run_demo() -> int:
 def run_dev(port: int, standin_port: int) -> int:
     """The Dagster UI (webserver + daemon) on the demo instance, stand-ins serving meanwhile."""
     _prepare()
-    server, env = start_standins(standin_port)
-    os.environ.update(env)
-    print(f"stand-ins on {server.url()}; Dagster UI on http://127.0.0.1:{port}", flush=True)
-    repo = Path(__file__).resolve().parents[1]
-    dagster = Path(sys.executable).with_name("dagster")
-    cmd = [str(dagster), "dev", "-w", str(repo / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
-    child = subprocess.Popen(cmd, cwd=repo)
-    try:
-        return child.wait()
-    except KeyboardInterrupt:
-        child.send_signal(signal.SIGINT)
-        return child.wait()
-    finally:
-        server.stop()
+    with standins(standin_port) as (server, env):
+        os.environ.update(env)
+        print(f"stand-ins on {server.url()}; Dagster UI on http://127.0.0.1:{port}", flush=True)
+        repo = Path(__file__).resolve().parents[1]
+        dagster = Path(sys.executable).with_name("dagster")
+        cmd = [str(dagster), "dev", "-w", str(repo / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+        child = subprocess.Popen(cmd, cwd=repo)
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            return child.wait()

@@ -143,6 +143,21 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
         "How long a new schema-invalid document waits before full validation.",
     ),
     EnvVarDoc("IATI_BLACK_FLAG_MAIL_TO", "(empty)", "Comma-separated recipients of new black-flag mails."),
+    EnvVarDoc("SOLR_URL", "(none)", "Solr base URL up to `/solr` (may carry credentials).", secret=True),
+    EnvVarDoc(
+        "SOLR_ACTIVITY_COLLECTION",
+        "activity",
+        "Activity collection or alias (the refresher used `activity_solrize`).",
+    ),
+    EnvVarDoc("SOLR_TRANSACTION_COLLECTION", "transaction", "Transaction collection or alias."),
+    EnvVarDoc("SOLR_BUDGET_COLLECTION", "budget", "Budget collection or alias."),
+    EnvVarDoc("SOLR_USER", "(none)", "Solr basic-auth user.", secret=True),
+    EnvVarDoc("SOLR_PASSWORD", "(none)", "Solr basic-auth password.", secret=True),
+    EnvVarDoc("SOLR_CONNECT_TIMEOUT", "10", "Seconds to connect to Solr."),
+    EnvVarDoc("SOLR_TIMEOUT", "600", "Seconds to wait for one Solr request."),
+    EnvVarDoc("SOLR_RETRIES", "2", "Retries on connection errors and 429/502/503/504 from Solr."),
+    EnvVarDoc("SOLR_BATCH_SIZE", "500", "Documents per update request at most."),
+    EnvVarDoc("SOLR_MAX_BATCH_BYTES", "20971520", "Bytes per update request at most."),
 )
 
 

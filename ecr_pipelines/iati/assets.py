@@ -12,11 +12,11 @@ import dagster as dg
 from ecr_pipelines.iati.download import download_due, error_label
 from ecr_pipelines.iati.index import IndexProblem, Rejected
 from ecr_pipelines.iati.resources import IatiResource
+from ecr_pipelines.iati.solr import SolrResource, remove_stale_solr_documents
 from ecr_pipelines.iati.sync import (
     SyncReport,
     log_refresh,
     remove_blobs,
-    remove_stale_solr_documents,
     sync_index,
 )
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource, HttpResource
@@ -148,6 +148,7 @@ def iati_sync(
     blobs: BlobStoreResource,
     http: HttpResource,
     iati: IatiResource,
+    solr: SolrResource,
 ) -> Iterator[dg.MaterializeResult]:
     context.log.info(f"reading the {iati.describe()}")
     try:
@@ -174,11 +175,16 @@ def iati_sync(
     cleanup = remove_blobs(blobs.store, report.unreferenced_hashes, report.stale_document_ids)
     for key, error in cleanup.failures:
         context.log.warning(f"could not delete blob {key}: {error}")
-    solr_removed = remove_stale_solr_documents(report.stale_document_ids)
+    # After the database commit: a Solr failure here must not bring removed rows back.
+    removal = remove_stale_solr_documents(solr, report.stale_document_ids)
+    if removal.skipped_reason:
+        context.log.warning(f"stale Solr documents not removed: {removal.skipped_reason}")
+    for document_id, error in removal.failures[:PREVIEW_ROWS]:
+        context.log.warning(f"Solr entries of stale document {document_id} not removed: {error}")
     if report.stale_documents:
         context.log.info(
             f"removed {len(report.stale_documents)} stale documents: {cleanup.deleted} blobs deleted, "
-            f"{solr_removed} handed to the Solr clean-up"
+            f"Solr entries of {len(removal.deleted)} removed"
         )
     for rejected in report.rejected[:PREVIEW_ROWS]:
         context.log.warning(f"{rejected.kind} {rejected.key} rejected: {rejected.reason}")

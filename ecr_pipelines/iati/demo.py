@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from ecr_pipelines.demo import DemoService
+from ecr_pipelines.iati.index_demo import SolrDemo
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "standins" / "recordings" / "iati"
 
@@ -21,4 +22,4 @@ def _env(base_url: str) -> dict[str, str]:
     }
 
 
-DEMO_SERVICE = DemoService(name="iati", recordings=RECORDINGS, env=_env)
+DEMO_SERVICE = DemoService(name="iati", recordings=RECORDINGS, env=_env, extra=SolrDemo)

@@ -82,7 +82,7 @@ def clean_key(doc_hash: str) -> str:
 
 
 def lake_prefix(document_id: str) -> str:
-    return f"{BLOB_PREFIX}/activity-lake/{document_id}/"
+    return f"{BLOB_PREFIX}/lake/{document_id}/"
 
 
 @dataclass
@@ -364,13 +364,3 @@ def remove_blobs(store: BlobStore, hashes: Sequence[str], stale_document_ids: Se
         except Exception as exc:
             cleanup.failures.append((prefix, f"{type(exc).__name__}: {exc}"))
     return cleanup
-
-
-def remove_stale_solr_documents(document_ids: Sequence[str]) -> int:
-    """Hook for the Solr stage: delete the Solr documents of removed IATI documents.
-
-    A no-op until the Solr stage exists; it will delete ``iati_activities_document_id:<id>`` from
-    the activity, transaction and budget collections and return how many ids it handled. The sync
-    asset already calls it with every stale document id, after the database commit.
-    """
-    return 0

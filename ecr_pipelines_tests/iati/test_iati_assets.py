@@ -10,12 +10,13 @@ import pytest
 import sqlalchemy as sa
 
 from ecr_pipelines.iati import core_defs, iati_index_sensor
-from ecr_pipelines.iati.validator import IatiValidatorResource
 from ecr_pipelines.iati.clients import MissingETag
 from ecr_pipelines.iati.demo import RECORDINGS
 from ecr_pipelines.iati.jobs import iati_retry_errors_schedule
 from ecr_pipelines.iati.resources import IatiResource, build_iati_resource
+from ecr_pipelines.iati.solr import SolrResource
 from ecr_pipelines.iati.sync import source_key
+from ecr_pipelines.iati.validator import IatiValidatorResource
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource, HttpResource, MailResource
 from ecr_pipelines.standins import Fault, StandInServer
 from ecr_pipelines_tests.iati.conftest import MOUNT, iati_resource
@@ -32,6 +33,7 @@ def resources(db: DatabaseResource, blobs: BlobStoreResource, iati: IatiResource
         "mail": MailResource(outbox_dir=None),
         "iati": iati,
         "iati_validator": IatiValidatorResource(),
+        "solr": SolrResource(),
     }
 
 
@@ -339,7 +341,12 @@ def test_definitions_load_with_the_environment(monkeypatch: pytest.MonkeyPatch) 
     defs = dg.Definitions.merge(
         core_defs,
         dg.Definitions(
-            resources={**build_resources(), "iati": resource, "iati_validator": IatiValidatorResource()}
+            resources={
+                **build_resources(),
+                "iati": resource,
+                "iati_validator": IatiValidatorResource(),
+                "solr": SolrResource(),
+            }
         ),
     )
     dg.Definitions.validate_loadable(defs)

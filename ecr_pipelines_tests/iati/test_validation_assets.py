@@ -17,6 +17,7 @@ from lxml import etree
 
 from ecr_pipelines.iati import build_defs as build_iati_defs
 from ecr_pipelines.iati import core_defs
+from ecr_pipelines.iati.solr import SolrResource
 from ecr_pipelines.iati.sync import clean_key, source_key
 from ecr_pipelines.iati.validate import validate_file
 from ecr_pipelines.iati.validation_assets import (
@@ -584,7 +585,8 @@ def test_refresh_then_validate_and_clean_on_the_stand_ins(
         iati_db, local_blobs, tmp_path, iati_validator=IatiValidatorResource(safety_check_hold_hours=0)
     )
     refresh = dg.Definitions.merge(
-        core_defs, dg.Definitions(resources={**resources, "iati": iati_resource(iati_standin)})
+        core_defs,
+        dg.Definitions(resources={**resources, "iati": iati_resource(iati_standin), "solr": SolrResource()}),
     ).resolve_job_def("iati_refresh_job")
     assert refresh.execute_in_process(raise_on_error=False).success
 
