@@ -12,7 +12,16 @@ setup(
     include_package_data=True,
     package_data={
         # Reference tables, schemas, Solr field lists, stand-in recordings and their attributions.
-        "ecr_pipelines": ["**/*.json", "**/*.xml", "**/*.xsd", "**/*.yaml", "**/*.txt", "**/*.tsv", "**/*.md", "**/*.pdf"]
+        "ecr_pipelines": [
+            "**/*.json",
+            "**/*.xml",
+            "**/*.xsd",
+            "**/*.yaml",
+            "**/*.txt",
+            "**/*.tsv",
+            "**/*.md",
+            "**/*.pdf",
+        ]
     },
     install_requires=[
         # dagster and the webserver move together; the integrations follow the matching 0.x line.
