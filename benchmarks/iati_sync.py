@@ -8,18 +8,14 @@ embedded Postgres.
 """
 
 import json
-import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from _database import benchmark_database
 
 from ecr_pipelines.iati.clients import BdsIndexClient
 from ecr_pipelines.iati.sync import sync_index
-from ecr_pipelines.resources.database import ensure_database, normalise_url
 from ecr_pipelines.resources.http import make_session
 from ecr_pipelines.resources.migrations import upgrade
 from ecr_pipelines.resources.sql import Sql
@@ -119,18 +115,8 @@ def run(url: str) -> None:
 
 def main() -> None:
     print(f"IATI sync benchmark: {DATASETS:,} datasets from {PUBLISHERS:,} publishers")
-    if os.environ.get("DATABASE_URL"):
-        run(ensure_database(normalise_url(os.environ["DATABASE_URL"]), "ecr_bench"))
-        return
-    import pgserver
-
-    folder = Path(tempfile.mkdtemp(prefix="ecr-bench-pg-"))
-    server = pgserver.get_server(folder / "data", cleanup_mode="delete")
-    try:
-        run(normalise_url(server.get_uri()))
-    finally:
-        server.cleanup()
-        shutil.rmtree(folder, ignore_errors=True)
+    with benchmark_database() as url:
+        run(url)
 
 
 if __name__ == "__main__":

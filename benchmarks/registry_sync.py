@@ -4,18 +4,14 @@ same set with 10 % changed. Prints seconds per run and the SQL statements issued
 Runs against DATABASE_URL when set, else a throwaway embedded Postgres.
 """
 
-import os
 import random
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from _database import benchmark_database
 
 from ecr_pipelines.registry.store import UndertakingSync, seed_reference_tables
-from ecr_pipelines.resources.database import ensure_database, normalise_url
 from ecr_pipelines.resources.migrations import upgrade
 from ecr_pipelines.resources.sql import Sql
 
@@ -132,18 +128,8 @@ def run(url: str) -> None:
 
 def main() -> None:
     print(f"registry sync benchmark: {COUNT:,} F-gas undertakings")
-    if os.environ.get("DATABASE_URL"):
-        run(ensure_database(normalise_url(os.environ["DATABASE_URL"]), "ecr_bench"))
-        return
-    import pgserver
-
-    folder = Path(tempfile.mkdtemp(prefix="ecr-bench-pg-"))
-    server = pgserver.get_server(folder / "data", cleanup_mode="delete")
-    try:
-        run(normalise_url(server.get_uri()))
-    finally:
-        server.cleanup()
-        shutil.rmtree(folder, ignore_errors=True)
+    with benchmark_database() as url:
+        run(url)
 
 
 if __name__ == "__main__":
