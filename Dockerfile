@@ -16,6 +16,7 @@ WORKDIR /opt/ecr_pipelines
 COPY setup.py pyproject.toml README.md ./
 COPY ecr_pipelines ./ecr_pipelines
 COPY sql ./sql
+COPY solr ./solr
 COPY workspace.yaml ./
 RUN pip install . \
     && mkdir -p "$DAGSTER_HOME" "$ECR_HOME" \
