@@ -20,7 +20,6 @@ from typing import Any
 
 from ecr_pipelines.registry.licences import LicenceAggregation, apply_licence_patches, needs_rebuild
 from ecr_pipelines.registry.parse import (
-    NONEU_TYPE,
     Address,
     ContactPerson,
     OldCompany,
@@ -620,10 +619,6 @@ def sync_old_companies(sql: Sql, obligation: str, raws: Sequence[Any]) -> OldCom
     )
     report.upserted = len(parsed)
     return report
-
-
-def noneu_without_representative(undertaking: Undertaking) -> bool:
-    return undertaking.represent is None and undertaking.address.country.type == NONEU_TYPE
 
 
 # ---------------------------------------------------------------------------------------------

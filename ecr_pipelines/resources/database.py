@@ -173,6 +173,3 @@ class DatabaseResource(dg.ConfigurableResource):
     def connect(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             yield conn
-
-    def describe(self) -> str:
-        return redact(resolve_database_url(self.url))
