@@ -221,3 +221,21 @@ def test_unknown_ids_give_clear_errors(registry_db: DatabaseResource, action: An
     seed(registry_db, fgas=[p.fgas(1, "Acme Cooling")], old_fgas=[old(100, "Acme Cooling")])
     with pytest.raises(OperatorError, match=message), registry_db.begin() as conn:
         action(Sql(conn))
+
+
+@pytest.mark.parametrize("action", ["manual", "verify_none"])
+def test_manual_and_verify_none_roll_back_when_bdr_refuses(
+    registry_db: DatabaseResource, standin: StandInServer, action: str
+) -> None:
+    seed(registry_db, fgas=[p.fgas(1, "Acme Cooling", status="DISABLED")])  # did not pass the checks
+    standin.route(COLLECTION, json={"status": "fail", "message": "refused"}, status=404)
+    bdr = BdrEndpointClient(make_session(retries=0), standin.url(), "u", "p")
+    with pytest.raises(OperatorError, match="refused"), registry_db.begin() as conn:
+        if action == "manual":
+            operations.manual(Sql(conn), bdr, 1, "FGAS", "fgas777", "ops")
+        else:
+            operations.verify_none(Sql(conn), bdr, 1, "FGAS", "ops")
+    assert not undertaking(registry_db, 1).oldcompany_verified and log_rows(registry_db) == []
+    assert standin.requests_to(COLLECTION)[0].query.get("old_collection_id") == (
+        "fgas777" if action == "manual" else None
+    )
