@@ -4,7 +4,7 @@ Thin wrappers: parsing lives in ``index``, upstream calls in ``clients`` / ``cka
 sync in ``sync`` and the downloads in ``download``.
 """
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
@@ -19,32 +19,13 @@ from ecr_pipelines.iati.sync import (
     remove_blobs,
     sync_index,
 )
+from ecr_pipelines.metadata import PREVIEW_ROWS, md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource, HttpResource
 from ecr_pipelines.resources.sql import Sql
 
 GROUP = "iati"
-PREVIEW_ROWS = 20
 PUBLISHERS = dg.AssetKey("iati_publishers")
 DOCUMENTS = dg.AssetKey("iati_documents")
-
-
-def md_table(
-    headers: Sequence[str], rows: Iterable[Sequence[Any]], limit: int = PREVIEW_ROWS
-) -> dg.MetadataValue:
-    """A markdown table of the first ``limit`` rows (``_none_`` when empty)."""
-    rows = list(rows)
-    if not rows:
-        return dg.MetadataValue.md("_none_")
-
-    def cell(value: Any) -> str:
-        text = "" if value is None else str(value)
-        return text.replace("|", "\\|").replace("\n", " ")[:200]
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows[:limit]]
-    if len(rows) > limit:
-        lines.append(f"\n_{len(rows) - limit} more not shown_")
-    return dg.MetadataValue.md("\n".join(lines))
 
 
 class IatiSyncConfig(dg.Config):

@@ -3,8 +3,9 @@
 import dagster as dg
 
 from ecr_pipelines.checks import offending_rows_check
-from ecr_pipelines.iati.assets import DOCUMENTS, PUBLISHERS, iati_source_files, md_table
+from ecr_pipelines.iati.assets import DOCUMENTS, PUBLISHERS, iati_source_files
 from ecr_pipelines.iati.sync import source_key
+from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
 
 # Above this share of failed downloads (among documents that have a source) something is wrong

@@ -10,12 +10,12 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from ecr_pipelines.iati.assets import md_table
 from ecr_pipelines.iati.index_stage import StageReport, run_flatten, run_lake, run_solr
 from ecr_pipelines.iati.lake import identifier_stem
 from ecr_pipelines.iati.solr import SolrError, SolrResource, build_solr_resource
 from ecr_pipelines.iati.solr_docs import COLLECTIONS
 from ecr_pipelines.iati.sync import lake_prefix
+from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
 
 GROUP = "iati"

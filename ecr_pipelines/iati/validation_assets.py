@@ -20,7 +20,7 @@ import dagster as dg
 from pydantic import Field
 
 from ecr_pipelines.checks import offending_rows_check
-from ecr_pipelines.iati.assets import iati_source_files, md_table
+from ecr_pipelines.iati.assets import iati_source_files
 from ecr_pipelines.iati.safety import flag_reason
 from ecr_pipelines.iati.sync import clean_key
 from ecr_pipelines.iati.validate import SUPPORTED_VERSIONS
@@ -46,6 +46,7 @@ from ecr_pipelines.iati.validation_stage import (
     validation_state,
 )
 from ecr_pipelines.iati.validator import IatiValidatorResource, ValidatorConfigError, build_validator_resource
+from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource, HttpResource, MailResource
 from ecr_pipelines.resources.sql import Sql
 

@@ -9,6 +9,7 @@ from datetime import date, datetime
 import dagster as dg
 import pandas as pd
 
+from ecr_pipelines.metadata import md_frame
 from ecr_pipelines.registry.clients import RegistryApiError, bdr_country
 from ecr_pipelines.registry.licences import aggregate_licences
 from ecr_pipelines.registry.reference import FGAS, ODS
@@ -26,13 +27,6 @@ from ecr_pipelines.resources import DatabaseResource, HttpResource
 from ecr_pipelines.resources.sql import Sql
 
 GROUP = "registry"
-PREVIEW_ROWS = 20
-
-
-def md_table(frame: pd.DataFrame, limit: int = PREVIEW_ROWS) -> dg.MetadataValue:
-    if frame.empty:
-        return dg.MetadataValue.md("_none_")
-    return dg.MetadataValue.md(frame.head(limit).to_markdown(index=False))
 
 
 class UndertakingSyncConfig(dg.Config):
@@ -96,8 +90,8 @@ def _sync_metadata(report: SyncReport, window: date | None, seconds: float, stor
         "statements": report.statements,
         "seconds": round(seconds, 2),
         "dagster/row_count": stored,
-        "rejected_records": md_table(rejected),
-        "failed_check_records": md_table(failed),
+        "rejected_records": md_frame(rejected),
+        "failed_check_records": md_frame(failed),
     }
 
 
@@ -241,7 +235,7 @@ def bdr_old_companies(
             "dagster/row_count": int(frame["upserted"].sum()) if not frame.empty else 0,
             "rejected": int(frame["rejected"].sum()) if not frame.empty else 0,
             "errors": int(frame["rejected"].sum()) if not frame.empty else 0,
-            "per_obligation": md_table(frame),
+            "per_obligation": md_frame(frame),
         }
     )
 
@@ -330,8 +324,8 @@ def bdr_collections(
             "errors": len(failed),
             "renamed": sum(1 for r in renamed if r[-1]),
             "dagster/row_count": len(created),
-            "failures": md_table(pd.DataFrame(failed, columns=["external_id", "domain", "reason"])),
-            "renames": md_table(
+            "failures": md_frame(pd.DataFrame(failed, columns=["external_id", "domain", "reason"])),
+            "renames": md_frame(
                 pd.DataFrame(renamed, columns=["external_id", "country", "old", "new", "ok"])
             ),
         }
@@ -395,6 +389,6 @@ def ods_licences(
             "errors": len(report.untranslated) + len(aggregation.rejected),
             "unknown_companies": len(set(report.unknown_organizations)),
             "dagster/row_count": stored,
-            "untranslatable_rows": md_table(untranslated),
+            "untranslatable_rows": md_frame(untranslated),
         }
     )

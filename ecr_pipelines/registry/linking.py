@@ -12,12 +12,12 @@ import dagster as dg
 import pandas as pd
 
 from ecr_pipelines.checks import offending_rows_check
+from ecr_pipelines.metadata import md_frame
 from ecr_pipelines.registry import operations
 from ecr_pipelines.registry.assets import (
     GROUP,
     bdr_old_companies,
     fgas_undertakings,
-    md_table,
     ods_undertakings,
 )
 from ecr_pipelines.registry.operations import OperatorError
@@ -106,8 +106,8 @@ def undertaking_company_links(
             "errors": len(report.bdr_failures),
             "seconds": round(seconds, 3),
             "dagster/row_count": total_links,
-            "review_queue": md_table(queue, config.review_rows),
-            "bdr_failures": md_table(pd.DataFrame(report.bdr_failures, columns=["external_id", "reason"])),
+            "review_queue": md_frame(queue, config.review_rows),
+            "bdr_failures": md_frame(pd.DataFrame(report.bdr_failures, columns=["external_id", "reason"])),
         }
     )
 
