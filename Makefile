@@ -1,4 +1,6 @@
 # Two commands matter: `make demo` and `make test`. Both create .venv when it is missing.
+# `make demo` / `make dev` / `make env` also write .env (the local instance), which the bare Dagster
+# CLI reads from this folder: `dagster dev`, `dagster job execute -m ecr_pipelines.definitions ...`.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The embedded Postgres, blobs, outbox and Dagster home live here unless ECR_HOME says otherwise.
 export ECR_HOME ?= $(CURDIR)/.ecr
 
-.PHONY: install demo dev test lint format migrate status stop clean benchmarks
+.PHONY: install demo dev env instance test lint format migrate status stop clean benchmarks
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -26,6 +28,14 @@ demo: install
 ## make dev: the Dagster UI (webserver + daemon) on the demo instance.
 dev: install
 	$(BIN)/python -m ecr_pipelines dev
+
+## make env: start the embedded Postgres, write .env, set up the instance; prints shell exports.
+env: install
+	$(BIN)/python -m ecr_pipelines env
+
+## make instance: create the Dagster pool limits of the instance in .env (or DAGSTER_HOME).
+instance: install
+	$(BIN)/python -m ecr_pipelines instance setup
 
 ## make test: the whole suite.
 test: install
@@ -51,5 +61,11 @@ stop: install
 benchmarks: install
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
+# .env points at the deleted instance; it goes too unless it holds lines of the user's own.
 clean: stop
 	rm -rf $(ECR_HOME)
+	@if [ -f .env ]; then \
+		if grep -qvE '^(#.*|[[:space:]]*|(ECR_HOME|DATABASE_URL|DAGSTER_PG_URL|DAGSTER_HOME)=.*)$$' .env; then \
+			echo "kept .env (it has settings of your own): drop its ECR_HOME/DATABASE_URL/DAGSTER_* lines"; \
+		else rm -f .env; fi; \
+	fi

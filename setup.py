@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="ecr_pipelines",
@@ -8,10 +8,13 @@ setup(
         "data store service and energy data hub."
     ),
     python_requires=">=3.11,<3.13",
-    packages=find_packages(exclude=["ecr_pipelines_tests", "ecr_pipelines_tests.*"]),
+    # Namespace discovery lists the data-only folders (iati/schemas, registry/data, ...) as packages:
+    # setuptools warns that it will stop shipping data of folders missing from `packages`.
+    packages=find_namespace_packages(include=["ecr_pipelines", "ecr_pipelines.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
     package_data={
-        # Reference tables, schemas, Solr field lists, stand-in recordings and their attributions.
+        # Reference tables, schemas, Solr field lists, stand-in recordings and their attributions
+        # (the recordings live in ecr_pipelines/dev, which the Docker image leaves out).
         "ecr_pipelines": [
             "**/*.json",
             "**/*.xml",
@@ -42,6 +45,8 @@ setup(
         "charset-normalizer>=3.3",
         "python-dateutil>=2.9",
         "PyYAML>=6",
+        # Reads the .env that `python -m ecr_pipelines env` writes (dagster depends on it too).
+        "python-dotenv>=1.0",
         "boto3>=1.34",
     ],
     extras_require={

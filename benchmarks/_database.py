@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ecr_pipelines.resources.database import ensure_database, normalise_url
+from ecr_pipelines.lib.database import ensure_database, normalise_url
 
 
 @contextmanager

@@ -9,9 +9,9 @@ import sys
 import tempfile
 import time
 
-from ecr_pipelines.resources.blobstore import LocalBlobStore
-from ecr_pipelines.resources.http import download_to_blob, make_session
-from ecr_pipelines.standins import Reply, StandInServer
+from ecr_pipelines.dev.standins import Reply, StandInServer
+from ecr_pipelines.lib.blobstore import LocalBlobStore
+from ecr_pipelines.lib.http import download_to_blob, make_session
 
 SIZE_MB = 200
 

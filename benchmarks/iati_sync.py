@@ -14,12 +14,12 @@ from typing import Any
 import sqlalchemy as sa
 from _database import benchmark_database
 
+from ecr_pipelines.dev.standins import Reply, StandInServer
 from ecr_pipelines.iati.clients import BdsIndexClient
-from ecr_pipelines.iati.sync import sync_index
-from ecr_pipelines.resources.http import make_session
-from ecr_pipelines.resources.migrations import upgrade
-from ecr_pipelines.resources.sql import Sql
-from ecr_pipelines.standins import Reply, StandInServer
+from ecr_pipelines.iati.stages.sync import sync_index
+from ecr_pipelines.lib.http import make_session
+from ecr_pipelines.lib.migrations import upgrade
+from ecr_pipelines.lib.sql import Sql
 
 DATASETS = 20_000
 PUBLISHERS = 1_000

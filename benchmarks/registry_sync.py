@@ -11,9 +11,9 @@ from typing import Any
 import sqlalchemy as sa
 from _database import benchmark_database
 
+from ecr_pipelines.lib.migrations import upgrade
+from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.registry.store import UndertakingSync, seed_reference_tables
-from ecr_pipelines.resources.migrations import upgrade
-from ecr_pipelines.resources.sql import Sql
 
 COUNT = 50_000
 CHANGED = 0.10

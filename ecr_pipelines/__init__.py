@@ -2,8 +2,10 @@
 
 Services (one sub-package and one asset group each): ``registry`` (European cache registry),
 ``iati`` (IATI refresher), ``ckan`` (CKAN packager), ``datastore`` (data store service) and
-``energy`` (energy data hub). Shared infrastructure lives in ``resources``; the local
-stand-ins for unreachable upstream APIs live in ``standins``.
+``energy`` (energy data hub). Each service package holds its Dagster-free logic, with its
+Dagster definitions in ``<service>/defs``; shared Dagster-free code lives in ``lib``, the
+Dagster resources that wrap it in ``resources``, stand-ins and the demo in ``dev``. See the
+README's "Adding a service".
 """
 
 __version__ = "0.1.0"

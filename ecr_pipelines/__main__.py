@@ -1,27 +1,80 @@
 """Command line: ``python -m ecr_pipelines <command>``.
 
-db upgrade [--to N]     apply pending migrations (all, or up to version N)
-db downgrade N          revert migrations above version N
-db status               applied and pending migrations
-db url [--database D]   the (normalised) URL of the application database, password hidden
-db stop                 stop the embedded Postgres
-env                     shell exports for a local set-up: eval "$(python -m ecr_pipelines env)"
-demo                    run every asset against the stand-ins and the bundled sample data
-dev                     the Dagster UI on the demo instance, with the stand-ins serving
+db upgrade [--to N]      apply pending migrations (all, or up to version N); then, when
+                         DAGSTER_HOME is set, create the Dagster pool limits (instance setup)
+db downgrade N           revert migrations above version N
+db status                applied and pending migrations
+db url [--database D]    the (normalised) URL of the application database, password hidden
+db stop                  stop the embedded Postgres
+instance setup           create the limit of every pool that has none (dagster.yaml's default)
+env                      the local set-up: writes <checkout>/.env (read by the Dagster CLI) and
+                         prints shell exports: eval "$(python -m ecr_pipelines env)"
+demo                     run every asset against the stand-ins and the bundled sample data
+dev                      the Dagster UI on the demo instance, with the stand-ins serving
+standin NAME [--port N]  serve one stand-in: solr (empty, the shipped schemas), registry or
+                         iati (the recordings), or a folder holding routes.json
+
+demo, dev and standin need the development code (ecr_pipelines.dev), which a source checkout
+has and the Docker image leaves out.
 """
 
 import argparse
+import importlib
 import shlex
 import sys
+from pathlib import Path
+from types import ModuleType
 
-from ecr_pipelines.resources.database import engine_for, redact, stop_embedded_server, with_database
-from ecr_pipelines.resources.migrations import MigrationError, downgrade, status, upgrade
-from ecr_pipelines.settings import env_str
+from ecr_pipelines.lib.database import engine_for, redact, stop_embedded_server, with_database
+from ecr_pipelines.lib.migrations import MigrationError, downgrade, status, upgrade
+from ecr_pipelines.lib.settings import env_str
+
+DEV_MISSING = (
+    "the development code (ecr_pipelines.dev: stand-ins, recordings, the demo) is not installed here; "
+    "it comes with a source checkout (`make demo`, or `pip install -e '.[dev]'`), not with the Docker image"
+)
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _import_dev(module: str) -> ModuleType | None:
+    """``ecr_pipelines.dev.<...>``, or None (with a message) when the dev code is absent."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == "ecr_pipelines.dev" or (exc.name or "").startswith("ecr_pipelines.dev."):
+            _err(f"error: {DEV_MISSING}")
+            return None
+        raise
+
+
+def _setup_instance_or_warn(after: str) -> None:
+    """Pool limits as a follow-up of another command: a failure is a warning naming the fix, since
+    the main work (migrations, the environment) is done."""
+    from ecr_pipelines.platform.instance import InstanceNotConfigured, describe, setup_instance
+
+    try:
+        lines = describe(setup_instance())
+    except InstanceNotConfigured as exc:
+        _err(f"warning: Dagster pool limits not set up after {after}: {exc}")
+        return
+    except Exception as exc:  # the Dagster database may be unreachable; the hint says what to re-run
+        _err(f"warning: Dagster pool limits not set up after {after}: {type(exc).__name__}: {exc}")
+        _err("  fix the instance settings, then run `python -m ecr_pipelines instance setup`")
+        return
+    for line in lines:
+        _err(line)
 
 
 def _db(args: argparse.Namespace) -> int:
     if args.db_command == "stop":
-        print("embedded Postgres stopped" if stop_embedded_server() else "embedded Postgres was not running")
+        if stop_embedded_server():
+            # The .env of the checkout still points the Dagster CLI at it, which now fails to connect.
+            print("embedded Postgres stopped; `python -m ecr_pipelines env` (or `make demo`) starts it again")
+        else:
+            print("embedded Postgres was not running")
         return 0
     engine = engine_for(env_str("DATABASE_URL"))
     if args.db_command == "url":
@@ -33,6 +86,8 @@ def _db(args: argparse.Namespace) -> int:
         for migration in applied:
             print(f"applied {migration.label}")
         print(f"database at version {status(engine).current}" + ("" if applied else " (nothing to do)"))
+        if env_str("DAGSTER_HOME") is not None:
+            _setup_instance_or_warn("the migrations")
         return 0
     if args.db_command == "downgrade":
         for migration in downgrade(engine, args.version):
@@ -53,31 +108,89 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
-def _env(_: argparse.Namespace) -> int:
-    from ecr_pipelines.environment import resolve_environment
+def _instance(args: argparse.Namespace) -> int:
+    from ecr_pipelines.lib.environment import load_dotenv_defaults
+    from ecr_pipelines.platform.instance import InstanceNotConfigured, describe, setup_instance
 
-    for key, value in resolve_environment().exports().items():
-        print(f"export {key}={shlex.quote(value)}")
+    # Like the Dagster CLI, see the instance that ./.env describes; unlike it, the shell wins.
+    added = load_dotenv_defaults(Path.cwd() / ".env")
+    if added:
+        print(f"from ./.env: {', '.join(added)}")
+    try:
+        setups = setup_instance()
+    except InstanceNotConfigured as exc:
+        _err(f"error: {exc}")
+        return 2
+    print(f"instance: {env_str('DAGSTER_HOME')}")
+    for line in describe(setups):
+        print(line)
+    return 0
+
+
+def _dotenv_target(args: argparse.Namespace) -> Path | None:
+    from ecr_pipelines.lib.environment import default_dotenv_path
+
+    if args.no_dotenv:
+        return None
+    return args.dotenv or default_dotenv_path()
+
+
+def _env(args: argparse.Namespace) -> int:
+    from ecr_pipelines.lib.environment import resolve_environment, write_dotenv
+
+    environment = resolve_environment()
+    exports = environment.exports()
+    for key, value in exports.items():
+        print(f"export {key}={shlex.quote(value)}", flush=True)
+    target = _dotenv_target(args)
+    if target is not None:
+        _err(f"wrote {write_dotenv(exports, target)} (the Dagster CLI reads it from that folder)")
+    elif not args.no_dotenv:
+        _err("not in a source checkout: no .env written (pass --dotenv PATH to write one)")
+    environment.apply()
+    _setup_instance_or_warn("`env`")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ecr_pipelines.demo import run_demo
-
-    return run_demo()
+    demo = _import_dev("ecr_pipelines.dev.demo")
+    if demo is None:
+        return 2
+    return demo.run_demo(dotenv=_dotenv_target(args))
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from ecr_pipelines.demo import run_dev
+    demo = _import_dev("ecr_pipelines.dev.demo")
+    if demo is None:
+        return 2
+    return demo.run_dev(port=args.port, standin_port=args.standin_port, dotenv=_dotenv_target(args))
 
-    return run_dev(port=args.port, standin_port=args.standin_port)
+
+def _standin(args: argparse.Namespace) -> int:
+    serve = _import_dev("ecr_pipelines.dev.serve")
+    if serve is None:
+        return 2
+    return serve.serve(args.name, port=args.port, data_dir=args.data_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ecr_pipelines", description=__doc__.split("\n\n")[0])
+def _add_dotenv_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--dotenv", type=Path, default=None, help="write the local set-up here (default: <checkout>/.env)"
+    )
+    group.add_argument("--no-dotenv", action="store_true", help="do not write a .env file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ecr_pipelines",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     db = sub.add_parser("db", help="database migrations").add_subparsers(dest="db_command", required=True)
-    up = db.add_parser("upgrade", help="apply pending migrations")
+    up = db.add_parser("upgrade", help="apply pending migrations (and set up pools when DAGSTER_HOME is set)")
     up.add_argument("--to", type=int, default=None, help="stop at this version")
     down = db.add_parser("downgrade", help="revert migrations above VERSION")
     down.add_argument("version", type=int)
@@ -85,17 +198,39 @@ def main(argv: list[str] | None = None) -> int:
     url = db.add_parser("url", help="the application database URL (password hidden)")
     url.add_argument("--database", default=None)
     db.add_parser("stop", help="stop the embedded Postgres")
-    sub.add_parser("env", help="shell exports for a local set-up")
-    sub.add_parser("demo", help="materialize every asset against the stand-ins")
+    instance = sub.add_parser("instance", help="the Dagster instance of DAGSTER_HOME")
+    instance.add_subparsers(dest="instance_command", required=True).add_parser(
+        "setup", help="create the limit of every pool that has none yet"
+    )
+    _add_dotenv_options(sub.add_parser("env", help="local set-up: .env and shell exports"))
+    _add_dotenv_options(sub.add_parser("demo", help="materialize every asset against the stand-ins"))
     dev = sub.add_parser("dev", help="Dagster UI on the demo instance, stand-ins serving")
     dev.add_argument("--port", type=int, default=3000)
     dev.add_argument("--standin-port", type=int, default=8765)
-    args = parser.parse_args(argv)
-    handlers = {"db": _db, "env": _env, "demo": _demo, "dev": _dev}
+    _add_dotenv_options(dev)
+    standin = sub.add_parser("standin", help="serve one stand-in until Ctrl-C")
+    standin.add_argument("name", help="solr, registry, iati, or a folder holding routes.json")
+    standin.add_argument(
+        "--port", type=int, default=None, help="default: solr 8983, registry 8765, iati 8766"
+    )
+    standin.add_argument("--data-dir", type=Path, default=None, help="solr: keep committed documents here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "db": _db,
+        "instance": _instance,
+        "env": _env,
+        "demo": _demo,
+        "dev": _dev,
+        "standin": _standin,
+    }
     try:
         return handlers[args.command](args)
     except MigrationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _err(f"error: {exc}")
         return 2
 
 

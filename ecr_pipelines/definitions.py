@@ -7,7 +7,10 @@ it parallelises (override per run with ``execution: {config: {multiprocess: {}}}
 
 import dagster as dg
 
-from ecr_pipelines import iati, platform, registry
+from ecr_pipelines import platform
+from ecr_pipelines.automation import bootstrap_sensor, housekeeping_sensor, in_process_executor
+from ecr_pipelines.iati import defs as iati
+from ecr_pipelines.registry import defs as registry
 from ecr_pipelines.resources import build_resources
 
 # One entry per service package; each builds its definitions (and its own resources) from the
@@ -21,11 +24,29 @@ all_assets_job = dg.define_asset_job(
 )
 
 
+def _service_assets(services: dg.Definitions) -> dict[str, list[dg.AssetKey]]:
+    """Asset keys per service group (the groups are the services' names)."""
+    groups: dict[str, list[dg.AssetKey]] = {}
+    for assets_def in services.assets or []:
+        if isinstance(assets_def, dg.AssetsDefinition):
+            for key in assets_def.keys:
+                group = assets_def.group_names_by_key.get(key, "default")
+                if group != "platform":
+                    groups.setdefault(group, []).append(key)
+    return groups
+
+
 def build_definitions() -> dg.Definitions:
     """The merged definitions, with resources configured from the current environment."""
+    services = dg.Definitions.merge(*(service.build_defs() for service in SERVICES))
     return dg.Definitions.merge(
-        *(service.build_defs() for service in SERVICES),
-        dg.Definitions(jobs=[all_assets_job], resources=build_resources(), executor=dg.in_process_executor),
+        services,
+        dg.Definitions(
+            jobs=[all_assets_job],
+            sensors=[bootstrap_sensor(_service_assets(services)), housekeeping_sensor],
+            resources=build_resources(),
+            executor=in_process_executor,
+        ),
     )
 
 

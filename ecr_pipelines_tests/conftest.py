@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from ecr_pipelines.dev.standins import StandInServer
+from ecr_pipelines.lib.database import ensure_database, normalise_url, with_database
+from ecr_pipelines.lib.migrations import upgrade
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
-from ecr_pipelines.resources.database import ensure_database, normalise_url, with_database
-from ecr_pipelines.resources.migrations import upgrade
-from ecr_pipelines.standins import StandInServer
 
 # Variables from a developer's shell must not leak into the suite (it would touch their data).
 for _name in (
@@ -73,7 +73,7 @@ def pg_server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database_url(pg_server_url: str) -> str:
     """The migrated application database shared by the suite."""
-    from ecr_pipelines.resources.database import engine_for
+    from ecr_pipelines.lib.database import engine_for
 
     url = ensure_database(pg_server_url, "ecr_test")
     upgrade(engine_for(url))
@@ -86,7 +86,7 @@ def fresh_database(pg_server_url: str) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     url = ensure_database(pg_server_url, name)
     yield url
-    from ecr_pipelines.resources.database import _engine_for
+    from ecr_pipelines.lib.database import _engine_for
 
     _engine_for.cache_clear()  # pooled connections would block DROP DATABASE
     admin = sa.create_engine(with_database(pg_server_url, "postgres"), isolation_level="AUTOCOMMIT")

@@ -1,12 +1,26 @@
-"""`make demo`'s engine: every asset against the stand-ins, twice in a row."""
+"""`make demo`'s engine: every asset against the stand-ins, twice in a row, leaving the `.env` that
+the bare Dagster CLI reads and the pool limits set up."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from ecr_pipelines.resources.database import ensure_database
+from ecr_pipelines.lib.database import ensure_database
+from ecr_pipelines.lib.environment import LOCAL_KEYS, read_dotenv
+
+
+@pytest.fixture
+def restored_environ() -> Iterator[None]:
+    # The demo points the clients at its stand-ins through os.environ (BASE_URL_FGAS, SOLR_URL, ...);
+    # none of that may reach the next test.
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_demo_runs_every_asset_and_is_idempotent(
@@ -14,24 +28,35 @@ def test_demo_runs_every_asset_and_is_idempotent(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    restored_environ: None,
 ) -> None:
-    from ecr_pipelines.demo import run_demo
+    from ecr_pipelines.dev.demo import run_demo
 
     monkeypatch.setenv("ECR_HOME", str(tmp_path))
     monkeypatch.setenv("DATABASE_URL", ensure_database(pg_server_url, "demo_test"))
     monkeypatch.setenv("DAGSTER_PG_URL", ensure_database(pg_server_url, "demo_dagster"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    for attempt in range(2):
-        assert run_demo() == 0, f"demo run {attempt + 1} failed"
+    dotenv = tmp_path / "checkout" / ".env"
+    for attempt, pools in enumerate(["set now", "kept"]):
+        assert run_demo(dotenv=dotenv) == 0, f"demo run {attempt + 1} failed"
         out = capsys.readouterr().out
         assert "platform_status" in out and "success" in out
-    app = sa.create_engine(os.environ["DATABASE_URL"])
+        assert f"pool solr: limit 1 ({pools})" in out
+    expected = {key: os.environ[key] for key in LOCAL_KEYS}
+    for key in LOCAL_KEYS:
+        monkeypatch.delenv(key)
+    assert read_dotenv(dotenv) == expected
+    app = sa.create_engine(expected["DATABASE_URL"])
     with app.connect() as conn:
         assert conn.scalar(sa.text("SELECT count(*) FROM registry.undertaking")) > 0
         assert conn.scalar(sa.text("SELECT count(*) FROM registry.old_company_link")) > 0
         assert conn.scalar(sa.text("SELECT count(*) FROM registry.substance")) > 0
     app.dispose()
-    engine = sa.create_engine(os.environ["DAGSTER_PG_URL"])
+    engine = sa.create_engine(expected["DAGSTER_PG_URL"])
     with engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")) == 2
     engine.dispose()
+    with dg.instance_for_test(
+        overrides={"storage": {"postgres": {"postgres_url": expected["DAGSTER_PG_URL"]}}}
+    ) as i:
+        assert {limit.name for limit in i.event_log_storage.get_pool_limits()} >= {"solr", "bdr"}

@@ -11,7 +11,6 @@ from typing import Any
 
 import requests
 
-from ecr_pipelines.iati.ckan import CkanClient, CkanError
 from ecr_pipelines.iati.index import (
     IndexProblem,
     IndexSnapshot,
@@ -19,7 +18,8 @@ from ecr_pipelines.iati.index import (
     load_json,
     registry_snapshot,
 )
-from ecr_pipelines.resources.http import FetchError, classify, request
+from ecr_pipelines.lib.ckan import CkanClient, CkanError
+from ecr_pipelines.lib.http import FetchError, classify, request
 
 log = logging.getLogger(__name__)
 

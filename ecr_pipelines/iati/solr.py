@@ -29,14 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import pysolr
 import requests
-from pydantic import PrivateAttr
 
 from ecr_pipelines.iati.solr_docs import COLLECTIONS, DOCUMENT_ID_FIELD
-from ecr_pipelines.resources.http import make_session
-from ecr_pipelines.settings import env_or_default, env_str
+from ecr_pipelines.lib.http import make_session
 
 __all__ = [
     "COLLECTIONS",
@@ -44,10 +41,8 @@ __all__ = [
     "SolrClient",
     "SolrError",
     "SolrRejected",
-    "SolrResource",
     "SolrUnavailable",
     "StaleRemoval",
-    "build_solr_resource",
     "document_query",
     "remove_stale_solr_documents",
 ]
@@ -227,80 +222,6 @@ class SolrClient:
         return list(self._call(collection, "search", query, **params).docs)
 
 
-class SolrResource(dg.ConfigurableResource):
-    """The Solr server of the IATI index (stage ``iati_solr_index``).
-
-    ``url`` is the base URL up to ``/solr`` (``SOLR_URL``); each collection is ``<url>/<name>``
-    with the names from ``SOLR_ACTIVITY_COLLECTION`` / ``SOLR_TRANSACTION_COLLECTION`` /
-    ``SOLR_BUDGET_COLLECTION`` (defaults: the production names ``activity``, ``transaction``,
-    ``budget``; the legacy refresher wrote to the aliases ``<name>_solrize``). Optional basic auth
-    from ``SOLR_USER`` / ``SOLR_PASSWORD``. ``timeout`` is the read timeout of one request,
-    ``batch_size`` / ``max_batch_bytes`` bound one update request.
-    """
-
-    url: str = ""
-    activity_collection: str = DEFAULT_COLLECTION_NAMES["activity"]
-    transaction_collection: str = DEFAULT_COLLECTION_NAMES["transaction"]
-    budget_collection: str = DEFAULT_COLLECTION_NAMES["budget"]
-    user: str | None = None
-    password: str | None = None
-    connect_timeout: float = 10.0
-    timeout: float = 600.0
-    retries: int = 2
-    batch_size: int = 500
-    max_batch_bytes: int = 20 * 1024 * 1024
-
-    _client: SolrClient | None = PrivateAttr(default=None)
-
-    @property
-    def collection_names(self) -> dict[str, str]:
-        return {
-            "activity": self.activity_collection,
-            "transaction": self.transaction_collection,
-            "budget": self.budget_collection,
-        }
-
-    def client(self) -> SolrClient:
-        if self._client is None:
-            auth = (self.user, self.password or "") if self.user else None
-            session = make_session(
-                connect_timeout=self.connect_timeout, read_timeout=self.timeout, retries=self.retries
-            )
-            self._client = SolrClient(
-                self.url,
-                self.collection_names,
-                session=session,
-                auth=auth,
-                connect_timeout=self.connect_timeout,
-                timeout=self.timeout,
-                batch_size=self.batch_size,
-                max_batch_bytes=self.max_batch_bytes,
-            )
-        return self._client
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.url)
-
-    def describe(self) -> str:
-        return self.client().describe() if self.configured else "Solr (SOLR_URL not set)"
-
-    def ping(self) -> None:
-        self.client().ping()
-
-    def delete_document(self, document_id: str) -> None:
-        self.client().delete_document(document_id)
-
-    def add(self, collection: str, docs: Sequence[Mapping[str, Any]]) -> int:
-        return self.client().add(collection, docs)
-
-    def commit(self) -> None:
-        self.client().commit()
-
-    def count_document(self, collection: str, document_id: str) -> int:
-        return self.client().count_document(collection, document_id)
-
-
 @dataclass
 class StaleRemoval:
     """Outcome of ``remove_stale_solr_documents``."""
@@ -310,9 +231,7 @@ class StaleRemoval:
     skipped_reason: str | None = None
 
 
-def remove_stale_solr_documents(
-    solr: SolrResource | SolrClient | None, document_ids: Sequence[str]
-) -> StaleRemoval:
+def remove_stale_solr_documents(client: SolrClient | None, document_ids: Sequence[str]) -> StaleRemoval:
     """Delete the Solr entries of IATI documents that no longer exist, then commit once.
 
     For the sync stage, after it has deleted the rows. Never raises: the rows are already gone,
@@ -323,10 +242,9 @@ def remove_stale_solr_documents(
     removal = StaleRemoval()
     if not document_ids:
         return removal
-    if solr is None or (isinstance(solr, SolrResource) and not solr.configured):
+    if client is None:
         removal.skipped_reason = "SOLR_URL is not set"
         return removal
-    client = solr.client() if isinstance(solr, SolrResource) else solr
     for position, document_id in enumerate(document_ids):
         try:
             client.delete_document(document_id)
@@ -345,35 +263,3 @@ def remove_stale_solr_documents(
             removal.failures += [(doc, f"commit failed: {exc}") for doc in removal.deleted]
             removal.deleted = []
     return removal
-
-
-# field name -> (environment variable, parser); secrets are handled separately (EnvVar).
-ENV_FIELDS: dict[str, tuple[str, type]] = {
-    "activity_collection": ("SOLR_ACTIVITY_COLLECTION", str),
-    "transaction_collection": ("SOLR_TRANSACTION_COLLECTION", str),
-    "budget_collection": ("SOLR_BUDGET_COLLECTION", str),
-    "connect_timeout": ("SOLR_CONNECT_TIMEOUT", float),
-    "timeout": ("SOLR_TIMEOUT", float),
-    "retries": ("SOLR_RETRIES", int),
-    "batch_size": ("SOLR_BATCH_SIZE", int),
-    "max_batch_bytes": ("SOLR_MAX_BATCH_BYTES", int),
-}
-
-
-def build_solr_resource() -> SolrResource:
-    """The resource from the environment. ``SOLR_URL`` (it may carry credentials), ``SOLR_USER``
-    and ``SOLR_PASSWORD`` are passed as ``EnvVar`` so the UI shows their names only."""
-    values: dict[str, Any] = {
-        "url": env_or_default("SOLR_URL", ""),
-        "user": env_or_default("SOLR_USER", None),
-        "password": env_or_default("SOLR_PASSWORD", None),
-    }
-    for name, (env, parse) in ENV_FIELDS.items():
-        raw = env_str(env)
-        if raw is None:
-            continue
-        try:
-            values[name] = parse(raw.strip())
-        except ValueError as exc:
-            raise ValueError(f"{env}={raw!r} is not a valid {parse.__name__}") from exc
-    return SolrResource(**values)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import requests
 
 from ecr_pipelines.iati.validate import validate_file
-from ecr_pipelines.resources.http import check_scheme, classify
+from ecr_pipelines.lib.http import check_scheme, classify
 
 OK = 200
 NOT_WELL_FORMED = 400

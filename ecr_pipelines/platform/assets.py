@@ -6,10 +6,10 @@ import uuid
 import dagster as dg
 import sqlalchemy as sa
 
+from ecr_pipelines.lib.database import redact
+from ecr_pipelines.lib.migrations import head_version, status
+from ecr_pipelines.lib.settings import SERVICE_SCHEMAS
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource, MailResource
-from ecr_pipelines.resources.database import redact
-from ecr_pipelines.resources.migrations import head_version, status
-from ecr_pipelines.settings import SERVICE_SCHEMAS
 
 GROUP = "platform"
 

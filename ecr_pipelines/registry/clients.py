@@ -17,8 +17,8 @@ from typing import Any
 
 import requests
 
+from ecr_pipelines.lib.http import classify
 from ecr_pipelines.registry.parse import bdr_obligation_slug
-from ecr_pipelines.resources.http import classify
 
 FGAS = "FGAS"
 ODS = "ODS"

@@ -21,9 +21,7 @@ Exactness notes (why the code looks the way it does):
   zeroes is below ``limit - 0.5`` and would fail anyway.
 """
 
-import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -260,7 +258,7 @@ def find_candidates(
 
 
 # --------------------------------------------------------------------------------------------------
-# run order helpers (settings and the auto-verification steps around the matching)
+# run order helpers (domain settings and the auto-verification steps around the matching)
 
 
 def parse_domain_list(value: str | None) -> list[str]:
@@ -272,32 +270,6 @@ def parse_domain_list(value: str | None) -> list[str]:
     if not value:
         return []
     return list(dict.fromkeys(item.strip().upper() for item in value.split(",") if item.strip()))
-
-
-@dataclass(frozen=True, slots=True)
-class MatchingSettings:
-    """Matching settings (legacy env vars of the same names)."""
-
-    manual_verify_all_companies: tuple[str, ...] = ("ODS", "FGAS")
-    auto_verify_all_companies: tuple[str, ...] = ()
-    auto_verify_new_companies: tuple[str, ...] = ()
-    fuzz_limit: int = DEFAULT_FUZZ_LIMIT
-
-
-def matching_settings_from_env(env: Mapping[str, str] | None = None) -> MatchingSettings:
-    """Read :class:`MatchingSettings` from an environment mapping (default ``os.environ``).
-
-    ``MANUAL_VERIFY_ALL_COMPANIES`` defaults to ``ODS,FGAS`` when unset, ``FUZZ_LIMIT`` to 75.
-    """
-    env = os.environ if env is None else env
-    manual = env.get("MANUAL_VERIFY_ALL_COMPANIES")
-    limit = (env.get("FUZZ_LIMIT") or "").strip()
-    return MatchingSettings(
-        manual_verify_all_companies=tuple(parse_domain_list("ODS,FGAS" if manual is None else manual)),
-        auto_verify_all_companies=tuple(parse_domain_list(env.get("AUTO_VERIFY_ALL_COMPANIES"))),
-        auto_verify_new_companies=tuple(parse_domain_list(env.get("AUTO_VERIFY_NEW_COMPANIES"))),
-        fuzz_limit=int(limit) if limit else DEFAULT_FUZZ_LIMIT,
-    )
 
 
 def noneu_auto_verify_ids(unverified: pd.DataFrame) -> list[Any]:

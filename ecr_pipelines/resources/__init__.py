@@ -7,11 +7,14 @@ config show the variable's name, never its value.
 
 from typing import Any
 
-from ecr_pipelines.resources.blobstore import BlobStore, BlobStoreResource
+from ecr_pipelines.lib.blobstore import BlobStore
+from ecr_pipelines.lib.http import FetchError
+from ecr_pipelines.lib.settings import env_bool, env_str
+from ecr_pipelines.resources.blobstore import BlobStoreResource
 from ecr_pipelines.resources.database import DatabaseResource
-from ecr_pipelines.resources.http import FetchError, HttpResource
+from ecr_pipelines.resources.env import env_or_default
+from ecr_pipelines.resources.http import HttpResource
 from ecr_pipelines.resources.mail import MailResource
-from ecr_pipelines.settings import env_bool, env_or_default, env_str
 
 __all__ = [
     "BlobStore",

@@ -2,36 +2,40 @@
 against a stand-in cache over loopback and the embedded Postgres."""
 
 import codecs
-import time
+import threading
+from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 import pytest
 import sqlalchemy as sa
 
-from ecr_pipelines.iati.demo import RECORDINGS
-from ecr_pipelines.iati.download import (
+from ecr_pipelines.dev.iati_demo import RECORDINGS
+from ecr_pipelines.dev.standins import Fault, RecordedRequest, Reply, StandInServer
+from ecr_pipelines.iati.blobkeys import source_key
+from ecr_pipelines.iati.index import Document, Publisher, finish_snapshot
+from ecr_pipelines.iati.stages.download import (
     CHARSET_ERROR,
     CONNECTION_ERROR,
     NO_SOURCE,
     SCHEME_ERROR,
     SSL_ERROR,
+    STAGE,
     TOO_LARGE,
-    Outcome,
+    DownloadOutcome,
     detect_encoding,
     download_due,
     error_code,
     record_outcomes,
 )
-from ecr_pipelines.iati.index import Document, Publisher, finish_snapshot
-from ecr_pipelines.iati.sync import source_key, sync_index
+from ecr_pipelines.iati.stages.sync import sync_index
+from ecr_pipelines.lib.blobstore import BlobStore, LocalBlobStore
+from ecr_pipelines.lib.http import HEAD_BYTES, ErrorKind, FetchError, make_session
+from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
-from ecr_pipelines.resources.blobstore import BlobStore, LocalBlobStore
-from ecr_pipelines.resources.http import HEAD_BYTES, ErrorKind, FetchError, make_session
-from ecr_pipelines.resources.sql import Sql
-from ecr_pipelines.standins import Fault, StandInServer
+from ecr_pipelines_tests.iati.claims import claim_for_dead_run, claim_for_live_run, claims
 
 CACHE = RECORDINGS / "cache"
 SAMPLE = (CACHE / "3fi-activity.xml").read_bytes()
@@ -120,13 +124,25 @@ def test_every_outcome_gets_the_refresher_code(
     assert "character encoding undetectable" in got["pdf"][5] and "application/pdf" in got["pdf"][5]
     assert not store.exists(source_key(h(7)))  # the PDF is not kept as a source file
     assert sorted(store.list("iati/")) == sorted([source_key(h(1)), source_key(h(2))])
-    assert (report.due, report.downloaded, report.no_source) == (8, 2, 2)
-    assert report.errors_by_code() == {0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 404: 1, 500: 1}
+    # Code 4 is given before the stage runs: those documents are counted, never due.
+    assert (report.due, report.kinds["downloaded"], report.counts["no_source"]) == (8, 2, 2)
+    assert report.counts["bytes"] == len(SAMPLE) + len(LATIN1)
+    assert report.errors_by_class == Counter(connection=1, ssl=1, charset=1, scheme=1, http_404=1, http_500=1)
+    assert (report.kinds["error"], report.errors) == (6, 6)
+    assert sorted(key for key, _, _ in report.error_rows) == [
+        "broken",
+        "ftp",
+        "missing",
+        "pdf",
+        "reset",
+        "tls",
+    ]
     assert sorted(doc_id for doc_id, _ in without_source) == ["no-hash", "no-url"]
+    assert claims(iati_db) == []  # every claim was released with its batch
     # Nothing is due any more: a second run has no work and sends no request.
     before = len(cache.requests)
     again, _ = download_due(iati_db.engine, session(), store)
-    assert (again.due, again.no_source, len(cache.requests)) == (0, 0, before)
+    assert (again.due, again.processed, again.counts["no_source"], len(cache.requests)) == (0, 0, 0, before)
 
 
 def test_retry_mode_retries_every_error_but_four(
@@ -143,7 +159,7 @@ def test_retry_mode_retries_every_error_but_four(
     normal, _ = download_due(iati_db.engine, session(), local_blobs.store)
     assert normal.due == 0
     retried, without_source = download_due(iati_db.engine, session(), local_blobs.store, retry_errors=True)
-    assert (retried.due, retried.downloaded, without_source) == (1, 1, [])
+    assert (retried.due, retried.kinds["downloaded"], without_source) == (1, 1, [])
     final = state(iati_db)
     assert final["flaky"][:2] == (True, None) and final["flaky"][4] == 2  # two attempts recorded
     assert final["nothing"][1] == NO_SOURCE
@@ -163,7 +179,7 @@ def test_a_crash_mid_download_resumes_without_duplicates(
     seed(iati_db, docs)
 
     def crash(message: str) -> None:
-        if message.startswith("batch 2 "):
+        if ": batch 2 of " in message:
             raise RuntimeError("worker killed")
 
     with pytest.raises(RuntimeError, match="worker killed"):
@@ -172,8 +188,9 @@ def test_a_crash_mid_download_resumes_without_duplicates(
     halfway = state(iati_db)
     done = [k for k, v in halfway.items() if v[0]]
     assert len(done) == 4 and all(v[1] is None for v in halfway.values())
+    assert claims(iati_db) == []
     report, _ = download_due(iati_db.engine, session(), local_blobs.store, workers=3, batch_size=2)
-    assert report.due == 5 and report.downloaded == 5
+    assert (report.due, report.kinds["downloaded"], report.recovered) == (5, 5, 0)
     final = state(iati_db)
     assert all(v[0] and v[4] == 1 for v in final.values()), final
     keys = list(local_blobs.store.list("iati/"))
@@ -214,9 +231,11 @@ def test_a_store_failure_leaves_the_document_due(
     )
     store: BlobStore = FailingStore(tmp_path / "blobs", {source_key(h(2))})
     report, _ = download_due(iati_db.engine, session(), store)
-    assert report.downloaded == 1 and [o.id for o in report.unexpected] == ["b"]
-    assert "No space left" in (report.unexpected[0].message or "")
+    assert (report.kinds["downloaded"], report.kinds["left_due"]) == (1, 1)
+    [(key, error_class, message)] = report.error_rows
+    assert (key, error_class) == ("b", "unexpected") and "No space left" in message
     assert state(iati_db)["b"][:2] == (False, None)  # still due, no error code
+    assert claims(iati_db) == []
 
 
 def test_oversized_files_get_code_five(
@@ -229,16 +248,82 @@ def test_oversized_files_get_code_five(
     assert not local_blobs.store.exists(source_key(h(1)))
 
 
+class Overlap:
+    """A cache route that counts how many requests it is answering at the same time.
+
+    Each request waits (at most a few seconds) until ``wanted`` requests are in flight together,
+    so concurrent downloads are seen overlapping whatever the machine's speed, and downloads in a
+    row would show a peak of one.
+    """
+
+    def __init__(self, wanted: int) -> None:
+        self.wanted = wanted
+        self.lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.together = threading.Event()
+
+    def __call__(self, request: RecordedRequest) -> Reply:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            if self.active >= self.wanted:
+                self.together.set()
+        try:
+            self.together.wait(timeout=5)
+            return Reply(200, SAMPLE, {"Content-Type": "application/xml"})
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
 def test_downloads_run_concurrently(
     iati_db: DatabaseResource, standin: StandInServer, local_blobs: BlobStoreResource
 ) -> None:
-    standin.route("/slow/*", dir=CACHE)
-    standin.inject("/slow/3fi-activity.xml", Fault(delay=0.4))
-    seed(iati_db, [(f"d{i}", standin.url("/slow/3fi-activity.xml"), h(i)) for i in range(6)])
-    started = time.perf_counter()
+    overlap = Overlap(wanted=3)
+    standin.route("/slow/*", handler=overlap)
+    seed(iati_db, [(f"d{i}", standin.url(f"/slow/{i}.xml"), h(i)) for i in range(6)])
     report, _ = download_due(iati_db.engine, session(), local_blobs.store, workers=6)
-    assert report.downloaded == 6
-    assert time.perf_counter() - started < 1.6  # six 0.4 s downloads, not 2.4 s in a row
+    assert report.kinds["downloaded"] == 6
+    assert overlap.peak >= 3  # the stand-in answered several downloads at once
+
+
+def test_a_claim_of_a_dead_run_is_taken_back_and_a_live_one_is_left_alone(
+    iati_db: DatabaseResource, standin: StandInServer, local_blobs: BlobStoreResource
+) -> None:
+    standin.route("/cache/*", dir=CACHE)
+    seed(iati_db, [(name, standin.url("/cache/3fi-activity.xml"), h(n)) for n, name in enumerate("abc")])
+    claim_for_dead_run(iati_db, STAGE.name, "a")  # its process was killed mid-download
+    with claim_for_live_run(iati_db, STAGE.name, "b"):  # another run is downloading it right now
+        report, _ = download_due(iati_db.engine, session(), local_blobs.store)
+        assert (report.recovered, report.due, report.kinds["downloaded"]) == (1, 2, 2)
+        assert {k: v[0] for k, v in state(iati_db).items()} == {"a": True, "b": False, "c": True}
+        assert [(stage, item) for stage, item, _ in claims(iati_db)] == [(STAGE.name, "b")]
+        assert len(standin.requests_to("/cache/3fi-activity.xml", "GET")) == 2
+    # That run died without finishing "b": the next run takes its claim back and downloads it.
+    report, _ = download_due(iati_db.engine, session(), local_blobs.store)
+    assert (report.recovered, report.due, report.kinds["downloaded"]) == (1, 1, 1)
+    assert all(v[0] and v[4] == 1 for v in state(iati_db).values())
+    assert claims(iati_db) == []
+
+
+def test_a_document_another_run_claims_after_selection_is_skipped(
+    iati_db: DatabaseResource, standin: StandInServer, local_blobs: BlobStoreResource
+) -> None:
+    standin.route("/cache/*", dir=CACHE)
+    seed(iati_db, [(name, standin.url("/cache/3fi-activity.xml"), h(n)) for n, name in enumerate("abc")])
+    other_run = ExitStack()
+
+    def progress(message: str) -> None:
+        if "items due" in message:  # selected, not claimed yet: another run claims "c" now
+            other_run.enter_context(claim_for_live_run(iati_db, STAGE.name, "c"))
+
+    with other_run:
+        report, _ = download_due(
+            iati_db.engine, session(), local_blobs.store, batch_size=2, progress=progress
+        )
+        assert (report.due, report.claimed, report.skipped, report.kinds["downloaded"]) == (3, 2, 1, 2)
+        assert {k: v[0] for k, v in state(iati_db).items()} == {"a": True, "b": True, "c": False}
 
 
 def test_an_outcome_for_an_outdated_hash_is_ignored(iati_db: DatabaseResource) -> None:
@@ -246,7 +331,10 @@ def test_an_outcome_for_an_outdated_hash_is_ignored(iati_db: DatabaseResource) -
     with iati_db.begin() as conn:
         record_outcomes(
             Sql(conn),
-            [Outcome("a", h(1), None, size=3, encoding="utf-8"), Outcome("a", h(1), None, 404, "x")],
+            [
+                DownloadOutcome("a", h(1), None, size=3, encoding="utf-8"),
+                DownloadOutcome("a", h(1), None, 404, "x"),
+            ],
         )
     assert state(iati_db)["a"][:2] == (False, None)
 
@@ -257,7 +345,7 @@ def test_limit_downloads_part_of_the_due_documents(
     standin.route("/cache/*", dir=CACHE)
     seed(iati_db, [(f"d{i}", standin.url("/cache/3fi-activity.xml"), h(i)) for i in range(5)])
     report, _ = download_due(iati_db.engine, session(), local_blobs.store, limit=2)
-    assert (report.due, report.downloaded) == (2, 2)
+    assert (report.due, report.kinds["downloaded"]) == (2, 2)
     assert sum(1 for v in state(iati_db).values() if v[0]) == 2
 
 

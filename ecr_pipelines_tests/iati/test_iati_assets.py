@@ -9,23 +9,30 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from ecr_pipelines.iati import core_defs, iati_index_sensor
+from ecr_pipelines.dev.iati_demo import RECORDINGS
+from ecr_pipelines.dev.standins import Fault, StandInServer
+from ecr_pipelines.dev.standins.solr import SolrStandIn
+from ecr_pipelines.iati.blobkeys import source_key
 from ecr_pipelines.iati.clients import MissingETag
-from ecr_pipelines.iati.demo import RECORDINGS
-from ecr_pipelines.iati.jobs import iati_retry_errors_schedule
-from ecr_pipelines.iati.resources import IatiResource, build_iati_resource
-from ecr_pipelines.iati.solr import SolrResource
-from ecr_pipelines.iati.sync import source_key
-from ecr_pipelines.iati.validator import IatiValidatorResource
+from ecr_pipelines.iati.defs import core_defs, iati_index_sensor
+from ecr_pipelines.iati.defs.jobs import iati_retry_errors_schedule
+from ecr_pipelines.iati.defs.resources import (
+    IatiResource,
+    IatiValidatorResource,
+    SolrResource,
+    build_iati_resource,
+)
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource, HttpResource, MailResource
-from ecr_pipelines.standins import Fault, StandInServer
-from ecr_pipelines_tests.iati.conftest import MOUNT, iati_resource
+from ecr_pipelines.resources.env import SettingError
+from ecr_pipelines_tests.iati.conftest import MOUNT, asset_metadata, iati_resource
 
 DATASETS = f"{MOUNT}/datasets-minimal"
 ORGS = f"{MOUNT}/reporting-orgs"
 
 
-def resources(db: DatabaseResource, blobs: BlobStoreResource, iati: IatiResource) -> dict[str, Any]:
+def resources(
+    db: DatabaseResource, blobs: BlobStoreResource, iati: IatiResource, solr: SolrResource | None = None
+) -> dict[str, Any]:
     return {
         "db": db,
         "blobs": blobs,
@@ -33,7 +40,7 @@ def resources(db: DatabaseResource, blobs: BlobStoreResource, iati: IatiResource
         "mail": MailResource(outbox_dir=None),
         "iati": iati,
         "iati_validator": IatiValidatorResource(),
-        "solr": SolrResource(),
+        "solr": solr or SolrResource(),
     }
 
 
@@ -43,21 +50,13 @@ def run_refresh(
     iati: IatiResource,
     config: dict[str, Any] | None = None,
     instance: dg.DagsterInstance | None = None,
+    job: str = "iati_refresh_job",
+    solr: SolrResource | None = None,
 ) -> dg.ExecuteInProcessResult:
-    defs = dg.Definitions.merge(core_defs, dg.Definitions(resources=resources(db, blobs, iati)))
-    return defs.resolve_job_def("iati_refresh_job").execute_in_process(
+    defs = dg.Definitions.merge(core_defs, dg.Definitions(resources=resources(db, blobs, iati, solr)))
+    return defs.resolve_job_def(job).execute_in_process(
         run_config=config, raise_on_error=False, instance=instance
     )
-
-
-def metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        out[materialization.asset_key.to_user_string()] = {
-            k: v.value if isinstance(v, dg.MetadataValue) else v for k, v in materialization.metadata.items()
-        }
-    return out
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -92,7 +91,7 @@ def test_refresh_job_fills_the_tables_stores_files_and_records_errors(
         result = run_refresh(iati_db, blobs, iati_resource(iati_standin), instance=instance)
         logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert result.success
-    meta = metadata(result)
+    meta = asset_metadata(result)
     assert (meta["iati_publishers"]["new"], meta["iati_publishers"]["dagster/row_count"]) == (4, 4)
     assert (
         meta["iati_documents"]["new"],
@@ -100,13 +99,21 @@ def test_refresh_job_fills_the_tables_stores_files_and_records_errors(
         meta["iati_documents"]["errors"],
     ) == (9, 0, 0)
     files = meta["iati_source_files"]
-    assert (files["due"], files["downloaded"], files["errors"]) == (8, 6, 3)
-    assert (files["error_http_404"], files["error_charset"], files["error_no_source"]) == (1, 1, 1)
-    assert (
-        "fcdo-withdrawn.xml" in files["error_preview"]
-        and "gdihub-annual-report.pdf" in files["error_preview"]
+    # The document without a cached URL gets code 4 before the stage runs: counted, never due.
+    assert (files["due"], files["processed"], files["outcome_downloaded"], files["errors"]) == (8, 8, 6, 2)
+    assert (files["error_http_404"], files["error_charset"], files["no_source"]) == (1, 1, 1)
+    ids = dict(query(iati_db, "SELECT name, id FROM iati.document"))
+    preview = files["error_preview"]
+    assert f"| {ids['fcdo-withdrawn']} | http_404 |" in preview and "fcdo-withdrawn.xml" in preview
+    assert f"| {ids['gdihub-annual-report']} | charset | character encoding undetectable" in preview
+    assert "application/pdf" in preview
+    assert "3f-never-cached" in files["no_source_preview"]
+    assert (files["dagster/row_count"], files["stored_total"], files["error_total"], files["due_total"]) == (
+        6,
+        6,
+        3,
+        0,
     )
-    assert files["dagster/row_count"] == 6
     errors = dict(
         query(iati_db, "SELECT name, download_error FROM iati.document WHERE download_error IS NOT NULL")
     )
@@ -126,15 +133,16 @@ def test_refresh_job_fills_the_tables_stores_files_and_records_errors(
         "iati_source_files_stored": True,
     }
     # Progress went to the run log.
-    assert any("batch 1 of 1" in m and "documents/s" in m for m in logs)
+    assert any("batch 1 of 1" in m and "rows/s" in m for m in logs)
 
     # Again: nothing new, nothing due, nothing fetched but the two indices.
     fetched = len(iati_standin.requests)
     again = run_refresh(iati_db, blobs, iati_resource(iati_standin))
     assert again.success
-    meta = metadata(again)
+    meta = asset_metadata(again)
     assert (meta["iati_documents"]["new"], meta["iati_documents"]["unchanged"]) == (0, 9)
-    assert (meta["iati_source_files"]["due"], meta["iati_source_files"]["downloaded"]) == (0, 0)
+    assert (meta["iati_source_files"]["due"], meta["iati_source_files"]["processed"]) == (0, 0)
+    assert "outcome_downloaded" not in meta["iati_source_files"]
     assert len(iati_standin.requests) == fetched + 2
 
 
@@ -155,7 +163,7 @@ def test_registry_source_pages_the_ckan_api_and_records_ftp_as_code_3(
         ("GB", 2)
     ]
     assert len(list(s3_blobs.store.list("iati/source/"))) == 5
-    assert metadata(result)["iati_publishers"]["source"] == "registry"
+    assert asset_metadata(result)["iati_publishers"]["source"] == "registry"
 
 
 def test_a_removed_publisher_goes_with_its_documents_and_files(
@@ -171,7 +179,7 @@ def test_a_removed_publisher_goes_with_its_documents_and_files(
     iati_standin.route(ORGS, json=orgs)
     result = run_refresh(iati_db, blobs, iati_resource(iati_standin))
     assert result.success
-    meta = metadata(result)
+    meta = asset_metadata(result)
     assert (meta["iati_publishers"]["stale"], meta["iati_documents"]["stale"]) == (1, 2)
     assert meta["iati_documents"]["blobs_removed"] == 1
     assert query(iati_db, "SELECT count(*) FROM iati.document WHERE publisher LIKE 'fcd%'") == [(0,)]
@@ -188,8 +196,8 @@ def test_a_changed_document_is_downloaded_again(
     entry["last_known_good_dataset"]["hash_excluding_generated_timestamp"] = "12" * 20
     iati_standin.route(DATASETS, json=datasets)
     result = run_refresh(iati_db, blobs, iati_resource(iati_standin))
-    meta = metadata(result)
-    assert (meta["iati_documents"]["changed"], meta["iati_source_files"]["downloaded"]) == (1, 1)
+    meta = asset_metadata(result)
+    assert (meta["iati_documents"]["changed"], meta["iati_source_files"]["outcome_downloaded"]) == (1, 1)
     assert not blobs.store.exists(source_key(old)) and blobs.store.exists(source_key("12" * 20))
 
 
@@ -264,7 +272,7 @@ def test_the_safety_valve_stops_a_shrunken_index_until_overridden(
     iati_standin.route(DATASETS, json=datasets)
     config = {"ops": {"iati_sync": {"config": {"ignore_safety_valve": True}}}}
     result = run_refresh(iati_db, blobs, iati_resource(iati_standin), config)
-    assert result.success and metadata(result)["iati_documents"]["stale"] == 2
+    assert result.success and asset_metadata(result)["iati_documents"]["stale"] == 2
 
 
 def test_retry_errors_mode_from_the_schedule(
@@ -272,14 +280,34 @@ def test_retry_errors_mode_from_the_schedule(
 ) -> None:
     assert run_refresh(iati_db, blobs, iati_resource(iati_standin)).success
     iati_standin.route(f"{MOUNT}/cache/fcdo-withdrawn.xml", body=b"<iati-activities version='2.03'/>")
+    assert iati_retry_errors_schedule.cron_schedule == "*/30 * * * *"
+    assert iati_retry_errors_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     with dg.instance_for_test() as instance:
         tick = iati_retry_errors_schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
     config = tick.run_requests[0].run_config
-    result = run_refresh(iati_db, blobs, iati_resource(iati_standin), config)
-    files = metadata(result)["iati_source_files"]
+    retrying = sorted(op for op, value in config["ops"].items() if value["config"]["retry_errors"])
+    assert retrying == [
+        "iati_clean_files",
+        "iati_flattened_activities",
+        "iati_solr_index",
+        "iati_source_files",
+    ]
+    # The schedule runs every stage after the sync (Solr included, hence a Solr to index into).
+    with SolrStandIn() as solr:
+        result = run_refresh(
+            iati_db,
+            blobs,
+            iati_resource(iati_standin),
+            config,
+            job=iati_retry_errors_schedule.job_name,
+            solr=SolrResource(url=solr.url),
+        )
+    assert result.success, failure_message(result)
+    assert "iati_documents" not in asset_metadata(result)  # no sync: the index is not read again
+    files = asset_metadata(result)["iati_source_files"]
     # 404 and charset errors are retried (the PDF fails again), code 4 is not.
-    assert (files["due"], files["downloaded"], files["error_charset"]) == (2, 1, 1)
-    assert "error_no_source" not in files
+    assert (files["due"], files["outcome_downloaded"], files["error_charset"]) == (2, 1, 1)
+    assert files["no_source"] == 0
     assert query(iati_db, "SELECT download_error FROM iati.document WHERE name = 'fcdo-withdrawn'") == [
         (None,)
     ]
@@ -355,5 +383,9 @@ def test_definitions_load_with_the_environment(monkeypatch: pytest.MonkeyPatch) 
     for spec in defs.resolve_all_asset_specs():
         assert spec.group_name == "iati" and spec.description and len(spec.description) > 30
     monkeypatch.setenv("IATI_DOWNLOAD_WORKERS", "many")
-    with pytest.raises(ValueError, match="IATI_DOWNLOAD_WORKERS"):
+    with pytest.raises(SettingError, match="IATI_DOWNLOAD_WORKERS"):
+        build_iati_resource()
+    monkeypatch.setenv("IATI_DOWNLOAD_WORKERS", "3")
+    monkeypatch.setenv("IATI_SOURCE", "ckan")  # a typo fails loading, naming the variable
+    with pytest.raises(SettingError, match="IATI_SOURCE='ckan'.*bds, registry"):
         build_iati_resource()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ecr_pipelines.iati.demo import _env as iati_env
+from ecr_pipelines.dev.iati_demo import _env as iati_env
+from ecr_pipelines.dev.standins import StandInServer
+from ecr_pipelines.dev.standins.solr import SolrStandIn
 from ecr_pipelines.resources import DatabaseResource
-from ecr_pipelines.standins import StandInServer
-from ecr_pipelines.standins.solr import SolrStandIn
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ecr_pipelines.iati.demo import RECORDINGS
+from ecr_pipelines.dev.iati_demo import RECORDINGS
 from ecr_pipelines.iati.index import (
     IndexFormatError,
     IndexMismatchError,

@@ -9,28 +9,25 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from ecr_pipelines.iati import core_defs
-from ecr_pipelines.iati.index_assets import (
-    iati_activity_lake,
+from ecr_pipelines.dev.standins import StandInServer
+from ecr_pipelines.dev.standins.solr import SolrStandIn
+from ecr_pipelines.iati.blobkeys import lake_prefix
+from ecr_pipelines.iati.defs import core_defs
+from ecr_pipelines.iati.defs.flatten import (
+    flatten_checks,
     iati_flatten_outcome_exclusive,
     iati_flattened_activities,
-    iati_lake_blobs_exist,
-    iati_solr_counts_match,
-    iati_solr_index,
-    index_checks,
-    index_defs,
 )
-from ecr_pipelines.iati.solr import SolrResource
+from ecr_pipelines.iati.defs.lake import iati_activity_lake, iati_lake_blobs_exist, lake_checks
+from ecr_pipelines.iati.defs.resources import IatiValidatorResource, SolrResource
+from ecr_pipelines.iati.defs.solr import iati_solr_counts_match, iati_solr_index, solr_checks
 from ecr_pipelines.iati.solr_docs import COLLECTIONS
-from ecr_pipelines.iati.sync import lake_prefix
-from ecr_pipelines.iati.validator import IatiValidatorResource
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource, HttpResource, MailResource
-from ecr_pipelines.standins import StandInServer
-from ecr_pipelines.standins.solr import SolrStandIn
-from ecr_pipelines_tests.iati.conftest import iati_resource
-from ecr_pipelines_tests.iati.test_index_stage import WORKED_ID, sample_bytes, seed_all
+from ecr_pipelines_tests.iati.conftest import asset_metadata, iati_resource
+from ecr_pipelines_tests.iati.test_index_stage import WORKED_ID, commits, sample_bytes, seed_all
 
 ASSETS = [iati_flattened_activities, iati_activity_lake, iati_solr_index]
+INDEX_CHECKS = [*flatten_checks, *lake_checks, *solr_checks]
 
 
 @pytest.fixture
@@ -46,16 +43,6 @@ def blobs(tmp_path: Path) -> BlobStoreResource:
 
 def resources(db: DatabaseResource, blobs: BlobStoreResource, solr: SolrResource) -> dict[str, Any]:
     return {"db": db, "blobs": blobs, "solr": solr}
-
-
-def metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        out[materialization.asset_key.to_user_string()] = {
-            k: v.value if isinstance(v, dg.MetadataValue) else v for k, v in materialization.metadata.items()
-        }
-    return out
 
 
 def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
@@ -74,10 +61,10 @@ def test_the_assets_materialize_with_metadata_and_passing_checks(
     seed_all(iati_db, blobs.store, sample_bytes())
     solr_resource = SolrResource(url=solr.url)
 
-    result = dg.materialize([*ASSETS, *index_checks], resources=resources(iati_db, blobs, solr_resource))
+    result = dg.materialize([*ASSETS, *INDEX_CHECKS], resources=resources(iati_db, blobs, solr_resource))
 
     assert result.success
-    meta = metadata(result)
+    meta = asset_metadata(result)
     flatten, lake, index = (meta[a.key.to_user_string()] for a in ASSETS)
     assert (flatten["processed"], flatten["errors"], flatten["activities"], flatten["dagster/row_count"]) == (
         7,
@@ -107,7 +94,9 @@ def test_the_assets_materialize_with_metadata_and_passing_checks(
         92,
         34,
     )
-    assert index["commits"] == 1 and index["error_preview"] == "_none_"
+    # One batch of seven documents: one commit of each collection.
+    assert index["batches"] == 1 and commits(solr) == dict.fromkeys(COLLECTIONS, 1)
+    assert index["error_preview"] == "_none_" and index["outcome_done"] == 7
     assert {c: len(solr.documents(c)) for c in COLLECTIONS} == {
         "activity": 17,
         "transaction": 92,
@@ -120,7 +109,7 @@ def test_the_assets_materialize_with_metadata_and_passing_checks(
     }
 
     again = dg.materialize(ASSETS, resources=resources(iati_db, blobs, solr_resource))
-    assert [m["processed"] for m in metadata(again).values()] == [0, 0, 0]
+    assert [m["processed"] for m in asset_metadata(again).values()] == [0, 0, 0]
 
 
 def test_run_config_batches_limits_and_reindexes(
@@ -137,18 +126,19 @@ def test_run_config_batches_limits_and_reindexes(
     result = dg.materialize(
         ASSETS, resources=resources(iati_db, blobs, SolrResource(url=solr.url)), run_config=run_config
     )
-    meta = metadata(result)
+    meta = asset_metadata(result)
     assert (
         meta["iati_flattened_activities"]["processed"] == 5
         and meta["iati_flattened_activities"]["batches"] == 3
     )
-    assert meta["iati_solr_index"]["processed"] == 5 and meta["iati_solr_index"]["commits"] == 3
+    assert meta["iati_solr_index"]["processed"] == 5 and meta["iati_solr_index"]["batches"] == 3
+    assert commits(solr) == dict.fromkeys(COLLECTIONS, 3)
 
     reindex = {"ops": {"iati_solr_index": {"config": {"reindex_all": True, "batch_size": 50}}}}
     result = dg.materialize(
         [iati_solr_index], resources=resources(iati_db, blobs, SolrResource(url=solr.url)), run_config=reindex
     )
-    assert metadata(result)["iati_solr_index"]["reindexed"] == 5
+    assert asset_metadata(result)["iati_solr_index"]["reindexed"] == 5
 
 
 def test_solr_not_configured_or_down_fails_the_asset_and_changes_nothing(
@@ -194,11 +184,18 @@ def test_solr_failing_during_the_run_fails_it_and_the_next_run_catches_up(
             sa.text("SELECT count(*) FROM iati.document WHERE solrize_end IS NULL")
         ).scalar_one()
     assert due == 7
+    # The next run indexes the six documents Solr never saw; the one it failed on carries a
+    # solr_api_error and waits for the retry run (the retry schedule's config).
+    result = dg.materialize([iati_solr_index, *solr_checks], resources=resources(iati_db, blobs, resource))
+    assert result.success and checks(result) == {"iati_solr_counts_match": True}
+    assert asset_metadata(result)["iati_solr_index"]["processed"] == 6
+    retry = {"ops": {"iati_solr_index": {"config": {"retry_errors": True}}}}
     result = dg.materialize(
-        [iati_solr_index, *index_checks[2:]], resources=resources(iati_db, blobs, resource)
+        [iati_solr_index, *solr_checks], resources=resources(iati_db, blobs, resource), run_config=retry
     )
     assert result.success and checks(result) == {"iati_solr_counts_match": True}
-    assert metadata(result)["iati_solr_index"]["processed"] == 7
+    assert asset_metadata(result)["iati_solr_index"]["processed"] == 1
+    assert len(solr.documents("activity")) == 17
 
 
 def test_the_checks_catch_what_went_wrong(
@@ -218,7 +215,7 @@ def test_the_checks_catch_what_went_wrong(
         )
 
     result = dg.materialize(
-        [*ASSETS, *index_checks],
+        [*ASSETS, *INDEX_CHECKS],
         resources=resources(iati_db, blobs, solr_resource),
         selection=dg.AssetSelection.checks(
             iati_flatten_outcome_exclusive, iati_lake_blobs_exist, iati_solr_counts_match
@@ -238,18 +235,8 @@ def test_the_checks_catch_what_went_wrong(
 
 
 def iati_definitions(resources: dict[str, Any]) -> dg.Definitions:
-    """The IATI service's definitions (sync, download, validate, clean, and these assets), with
-    ``iati_job``; the index assets and the job are added only while the package lacks them."""
-    # Read the raw lists: resolving core_defs without resources would fail on its op jobs.
-    keys = {key for assets in core_defs.assets or [] for key in getattr(assets, "keys", ())}
-    parts = [core_defs]
-    if iati_solr_index.key not in keys:
-        parts.append(index_defs)
-    if "iati_job" not in {job.name for job in core_defs.jobs or []}:
-        parts.append(
-            dg.Definitions(jobs=[dg.define_asset_job("iati_job", selection=dg.AssetSelection.groups("iati"))])
-        )
-    return dg.Definitions.merge(*parts, dg.Definitions(resources=resources))
+    """The IATI service's definitions (every stage, its checks and ``iati_job``) with ``resources``."""
+    return dg.Definitions.merge(core_defs, dg.Definitions(resources=resources))
 
 
 def test_the_whole_iati_chain_on_the_stand_ins_fills_the_three_collections(
@@ -275,7 +262,7 @@ def test_the_whole_iati_chain_on_the_stand_ins_fills_the_three_collections(
 
     assert result.success
     assert all(checks(result).values()), checks(result)
-    meta = metadata(result)
+    meta = asset_metadata(result)
     with iati_db.connect() as conn:
         indexed = (
             conn.execute(sa.text("SELECT id FROM iati.document WHERE solrize_end IS NOT NULL ORDER BY id"))
@@ -292,5 +279,5 @@ def test_the_whole_iati_chain_on_the_stand_ins_fills_the_three_collections(
         assert meta["iati_solr_index"][f"solr_docs_{collection}"] == len(docs)
 
     again = defs.resolve_job_def("iati_job").execute_in_process()
-    assert again.success and metadata(again)["iati_solr_index"]["processed"] == 0
+    assert again.success and asset_metadata(again)["iati_solr_index"]["processed"] == 0
     assert all(checks(again).values()), checks(again)

@@ -16,15 +16,23 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from ecr_pipelines.dev.standins.solr import SolrStandIn
+from ecr_pipelines.iati.blobkeys import clean_key, lake_prefix
+from ecr_pipelines.iati.defs.resources import SolrResource
 from ecr_pipelines.iati.flatten import flatten_file
-from ecr_pipelines.iati.index_stage import StageReport, run_flatten, run_lake, run_solr
 from ecr_pipelines.iati.lake import iter_lake_records
-from ecr_pipelines.iati.solr import SolrResource, SolrUnavailable, remove_stale_solr_documents
+from ecr_pipelines.iati.solr import SolrUnavailable, remove_stale_solr_documents
 from ecr_pipelines.iati.solr_docs import COLLECTIONS, activity_docs, budget_docs, lake_index, transaction_docs
-from ecr_pipelines.iati.sync import clean_key, lake_prefix
+from ecr_pipelines.iati.stages import flatten as flatten_stage
+from ecr_pipelines.iati.stages import lake as lake_stage
+from ecr_pipelines.iati.stages import solr as solr_stage
+from ecr_pipelines.iati.stages.flatten import run_flatten
+from ecr_pipelines.iati.stages.lake import run_lake
+from ecr_pipelines.iati.stages.solr import run_solr
+from ecr_pipelines.lib.batch import StageReport
+from ecr_pipelines.lib.blobstore import BlobStore
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
-from ecr_pipelines.resources.blobstore import BlobStore
-from ecr_pipelines.standins.solr import SolrStandIn
+from ecr_pipelines_tests.iati.claims import claim_for_dead_run, claim_for_live_run, claims
 from ecr_pipelines_tests.iati.iati_samples import SAMPLES
 from ecr_pipelines_tests.iati.test_flatten import WORKED_EXAMPLE
 
@@ -165,6 +173,15 @@ def solr_resource(solr: SolrStandIn) -> SolrResource:
     return SolrResource(url=solr.url, retries=0, timeout=30, batch_size=7)
 
 
+def keys(rows: list[tuple[str, str, str]], kind: str | None = None) -> list[str]:
+    """The item keys of a report's error rows or other rows (of one kind)."""
+    return [key for key, label, _ in rows if kind is None or label == kind]
+
+
+def commits(solr: SolrStandIn) -> dict[str, int]:
+    return {c: solr.commits(c) for c in COLLECTIONS}
+
+
 def run_all(
     db: DatabaseResource, store: BlobStore, solr: SolrResource
 ) -> tuple[StageReport, StageReport, StageReport]:
@@ -186,11 +203,14 @@ def test_the_three_stages_fill_postgres_the_lake_and_solr(
 
     flatten, lake, index = run_all(iati_db, store, solr_resource)
 
-    assert (flatten.due, flatten.done, flatten.errors, flatten.batches) == (7, 7, [], 3)
-    assert (lake.due, lake.done, lake.errors) == (7, 7, [])
-    assert (index.due, index.done, index.errors, index.aborted) == (7, 7, [], None)
+    assert (flatten.due, flatten.kinds["done"], flatten.errors, flatten.batches) == (7, 7, 0, 3)
+    assert (lake.due, lake.kinds["done"], lake.errors) == (7, 7, 0)
+    assert (index.due, index.kinds["done"], index.errors, index.stopped) == (7, 7, 0, None)
+    assert [r.processed for r in (flatten, lake, index)] == [7, 7, 7]
+    assert flatten.counts["activities"] == 18
     # One commit per batch of documents, never more.
-    assert index.commits == 3 and all(solr.commits(c) == 3 for c in COLLECTIONS)
+    assert index.batches == 3 and commits(solr) == dict.fromkeys(COLLECTIONS, 3)
+    assert claims(iati_db) == []
     for doc_id, data in documents.items():
         state = row(iati_db, doc_id)
         # Exactly the refresher's flattened list (jsonb does not keep key order; dicts compare without it).
@@ -208,7 +228,8 @@ def test_the_three_stages_fill_postgres_the_lake_and_solr(
             assert store.get_bytes(f"{prefix}{record.stem}.xml") == record.xml
             assert store.get_bytes(f"{prefix}{record.stem}.json").decode() == record.json_text
     # The empty identifier is skipped by the lake and by Solr, and counted.
-    assert lake.skipped_no_identifier == 1 and index.skipped_no_identifier == 1
+    assert lake.counts["skipped_no_identifier"] == 1 and index.counts["skipped_no_identifier"] == 1
+    assert (lake.counts["activities"], lake.counts["blobs_written"]) == (17, 34)
     empty = row(iati_db, "d0000006-0000-4000-8000-000000000006")["flattened_activities"]
     assert len(empty) == 1 and "iati_identifier" not in empty[0]
 
@@ -216,8 +237,8 @@ def test_the_three_stages_fill_postgres_the_lake_and_solr(
     for collection in COLLECTIONS:
         got = {doc["id"]: doc for doc in solr.documents(collection)}
         assert sorted(got) == sorted(expected[collection]), collection
-        assert index.solr_docs[collection] == len(expected[collection])
-    assert index.activities == len(expected["activity"]) == 17
+        assert index.counts[f"solr_docs_{collection}"] == len(expected[collection])
+    assert index.counts["activities"] == len(expected["activity"]) == 17
     assert len(expected["transaction"]) == 92 and len(expected["budget"]) == 34
 
     worked = {
@@ -267,7 +288,7 @@ def test_the_reindex_flag_reindexes_one_document_without_duplicates(
 
     report = run_solr(iati_db.engine, store, solr_resource)
 
-    assert (report.due, report.done, report.reindexed) == (1, 1, 1)
+    assert (report.due, report.kinds["done"], report.counts["reindexed"]) == (1, 1, 1)
     state = row(iati_db, target)
     assert state["solrize_reindex"] is False and state["last_solrize_end"] > first_end
     for collection in COLLECTIONS:
@@ -284,10 +305,12 @@ def test_reindex_all_flags_every_indexed_document(
     seed_all(iati_db, store, sample_bytes())
     run_all(iati_db, store, solr_resource)
     counts = {c: len(solr.documents(c)) for c in COLLECTIONS}
+    before = commits(solr)
 
     report = run_solr(iati_db.engine, store, solr_resource, reindex_all=True, batch_size=100)
 
-    assert (report.due, report.done, report.reindexed, report.commits) == (7, 7, 7, 1)
+    assert (report.due, report.kinds["done"], report.counts["reindexed"], report.batches) == (7, 7, 7, 1)
+    assert {c: solr.commits(c) - before[c] for c in COLLECTIONS} == dict.fromkeys(COLLECTIONS, 1)
     assert {c: len(solr.documents(c)) for c in COLLECTIONS} == counts
 
 
@@ -302,7 +325,8 @@ def test_interrupted_flatten_and_lake_are_redone(
     run_flatten(iati_db.engine, store)
     run_lake(iati_db.engine, store)
     target = "d0000002-0000-4000-8000-000000000002"
-    # As a process killed mid-document leaves it: started, not ended, a half-written lake.
+    # As a process killed mid-document leaves it: started, not ended, a half-written lake, and
+    # its claims in both stages owned by a backend that is gone.
     execute(
         iati_db,
         "UPDATE iati.document SET flatten_end = NULL, flattened_activities = NULL, lakify_end = NULL WHERE id = :id",
@@ -310,17 +334,42 @@ def test_interrupted_flatten_and_lake_are_redone(
     )
     store.delete_prefix(lake_prefix(target))
     store.put_bytes(f"{lake_prefix(target)}half-written.xml", b"<iati-activity>")
+    claim_for_dead_run(iati_db, flatten_stage.STAGE.name, target)
+    claim_for_dead_run(iati_db, lake_stage.STAGE.name, target)
 
     flatten = run_flatten(iati_db.engine, store)
     lake = run_lake(iati_db.engine, store)
 
-    assert (flatten.recovered, flatten.due, flatten.done) == (1, 1, 1)
-    assert (lake.recovered, lake.due, lake.done, lake.blobs_deleted) == (1, 1, 1, 1)
+    assert (flatten.recovered, flatten.due, flatten.kinds["done"]) == (1, 1, 1)
+    assert (lake.recovered, lake.due, lake.kinds["done"], lake.counts["blobs_deleted"]) == (1, 1, 1, 1)
+    assert claims(iati_db) == []
     state = row(iati_db, target)
     assert state["flattened_activities"] == flatten_file(io.BytesIO(documents[target]))
     assert state["lakify_end"] is not None
     assert not store.exists(f"{lake_prefix(target)}half-written.xml")
     assert len(list(store.list(lake_prefix(target)))) == 2
+
+
+def test_a_document_another_live_run_holds_is_left_to_it(
+    iati_db: DatabaseResource, store: BlobStore, solr: SolrStandIn, solr_resource: SolrResource
+) -> None:
+    documents = sample_bytes()
+    seed_all(iati_db, store, documents)
+    run_flatten(iati_db.engine, store)
+    run_lake(iati_db.engine, store)
+    held = "d0000004-0000-4000-8000-000000000004"
+
+    with claim_for_live_run(iati_db, solr_stage.STAGE.name, held):
+        report = run_solr(iati_db.engine, store, solr_resource, batch_size=3)
+        # Not selected, not indexed, and its claim is still the other run's.
+        assert (report.due, report.kinds["done"], report.recovered) == (6, 6, 0)
+        assert row(iati_db, held)["solrize_end"] is None and committed_ids(solr, "activity", held) == []
+        assert [(stage, item) for stage, item, _ in claims(iati_db)] == [(solr_stage.STAGE.name, held)]
+
+    # The other run died without indexing it: the next run takes the claim back and does it.
+    report = run_solr(iati_db.engine, store, solr_resource)
+    assert (report.recovered, report.due, report.kinds["done"]) == (1, 1, 1)
+    assert committed_ids(solr, "activity", held) and claims(iati_db) == []
 
 
 class Crash(Exception):
@@ -368,10 +417,12 @@ def test_a_solr_run_that_dies_midway_is_redone_without_duplicates(
         ).scalar_one()
     assert (done, started_only) == (3, 3)  # the third batch was never claimed
     assert len(solr.pending("activity")) > len(solr.documents("activity"))  # uncommitted leftovers
+    # The dying stage gave its claims up: nothing waits for the claims to be found dead.
+    assert claims(iati_db) == []
 
     report = run_solr(iati_db.engine, store, solr_resource, batch_size=3)
 
-    assert (report.recovered, report.due, report.done) == (3, 4, 4)
+    assert (report.due, report.kinds["done"]) == (4, 4)
     expected = expected_solr(documents, hashes)
     for collection in COLLECTIONS:
         ids = committed_ids(solr, collection)
@@ -390,7 +441,7 @@ def test_a_commit_whose_bookkeeping_was_lost_is_redone_idempotently(
 
     report = run_solr(iati_db.engine, store, solr_resource)
 
-    assert report.done == 7
+    assert report.kinds["done"] == 7
     assert {c: sorted(committed_ids(solr, c)) for c in COLLECTIONS} == before
 
 
@@ -409,26 +460,35 @@ def test_a_file_that_cannot_be_flattened_gets_flatten_api_error_and_the_rest_pro
 
     flatten, lake, index = run_all(iati_db, store, solr_resource)
 
-    assert sorted(e[0] for e in flatten.errors) == [
+    assert sorted(keys(flatten.error_rows)) == [
         "e0000001-0000-4000-8000-000000000001",
         "e0000002-0000-4000-8000-000000000002",
     ]
-    assert "Non-IATI XML" in flatten.errors[0][2]
+    assert "Non-IATI XML" in flatten.error_rows[0][2]
+    assert (flatten.kinds["error"], flatten.errors) == (2, 2)
     for doc_id in ("e0000001-0000-4000-8000-000000000001", "e0000002-0000-4000-8000-000000000002"):
         state = row(iati_db, doc_id)
         assert state["flatten_api_error"] == 1 and state["flatten_end"] is None and state["flatten_start"]
         assert state["solrize_end"] is None
-    assert flatten.done == 7 and index.done == 7
+    assert flatten.kinds["done"] == 7 and index.kinds["done"] == 7
     # The lake refuses them too: a non-IATI root is sticky, an unparseable file goes back to clean.
-    assert [e[0] for e in lake.errors] == ["e0000001-0000-4000-8000-000000000001"]
+    assert keys(lake.error_rows) == ["e0000001-0000-4000-8000-000000000001"]
+    assert lake.errors_by_class == {"not_iati": 1}
     assert row(iati_db, "e0000001-0000-4000-8000-000000000001")["lakify_error"].startswith("Non-IATI XML")
-    assert [s[0] for s in lake.sent_back] == ["e0000002-0000-4000-8000-000000000002"]
+    assert keys(lake.other_rows, "sent_back") == ["e0000002-0000-4000-8000-000000000002"]
     assert row(iati_db, "e0000002-0000-4000-8000-000000000002")["clean_end"] is None
 
-    # As in the refresher, failed flattens are made due again on the next run (and fail again);
-    # the one sent back to clean waits for a new clean file.
-    retry = run_flatten(iati_db.engine, store)
-    assert (retry.retried_errors, retry.due, len(retry.errors)) == (2, 1, 1)
+    # Failed flattens are not retried by a normal run, only with retry_errors (the retry schedule
+    # sets it); then the one still cleaned fails again, and the one sent back to clean waits for
+    # a new clean file.
+    assert run_flatten(iati_db.engine, store).due == 0
+    retry = run_flatten(iati_db.engine, store, retry_errors=True)
+    assert (retry.due, retry.errors, keys(retry.error_rows)) == (
+        1,
+        1,
+        ["e0000001-0000-4000-8000-000000000001"],
+    )
+    assert row(iati_db, "e0000001-0000-4000-8000-000000000001")["flatten_api_error"] == 1
 
 
 def test_a_document_solr_refuses_is_recorded_and_the_batch_goes_on(
@@ -441,7 +501,8 @@ def test_a_document_solr_refuses_is_recorded_and_the_batch_goes_on(
 
     _, _, index = run_all(iati_db, store, solr_resource)
 
-    assert index.done == 7 and [e[0] for e in index.errors] == [bad]
+    assert index.kinds["done"] == 7 and keys(index.error_rows) == [bad]
+    assert (index.kinds["rejected"], index.errors_by_class) == (1, {"solr_rejected": 1})
     state = row(iati_db, bad)
     assert state["solrize_end"] is None and "1,000.50" in state["solr_api_error"]
     assert "HTTP 400" in state["solr_api_error"]
@@ -468,7 +529,7 @@ def test_a_refused_reindex_removes_the_old_entries(
 
     report = run_solr(iati_db.engine, store, solr_resource)
 
-    assert [e[0] for e in report.errors] == [WORKED_ID]
+    assert keys(report.error_rows) == [WORKED_ID]
     assert all(committed_ids(solr, c, WORKED_ID) == [] for c in COLLECTIONS)
     state = row(iati_db, WORKED_ID)
     assert state["solrize_end"] is None and state["solrize_reindex"] is True
@@ -484,7 +545,8 @@ def test_solr_unavailable_stops_the_run_and_leaves_the_documents_due(
 
     report = run_solr(iati_db.engine, store, solr_resource, batch_size=3)
 
-    assert report.aborted and "503" in report.aborted and report.done == 0
+    assert report.stopped and "503" in report.stopped and report.kinds["done"] == 0
+    assert (report.batches, report.errors_by_class) == (1, {"solr_unavailable": 1})
     with iati_db.connect() as conn:
         indexed = conn.execute(
             sa.text("SELECT count(*) FROM iati.document WHERE solrize_end IS NOT NULL")
@@ -497,9 +559,13 @@ def test_solr_unavailable_stops_the_run_and_leaves_the_documents_due(
     assert indexed == 0 and len(failed) == 1
     assert all(solr.documents(c) == [] for c in COLLECTIONS)
 
+    # The document Solr failed on has a solr_api_error: a normal run leaves it to the retry run.
     again = run_solr(iati_db.engine, store, solr_resource, batch_size=3)
-    assert (again.due, again.done, again.aborted) == (7, 7, None)
-    assert again.errors == []
+    assert (again.due, again.kinds["done"], again.stopped, again.errors) == (6, 6, None, 0)
+    retry = run_solr(iati_db.engine, store, solr_resource, retry_errors=True)
+    assert (retry.due, retry.kinds["done"], retry.errors) == (1, 1, 0)
+    assert row(iati_db, failed[0])["solr_api_error"] is None
+    assert len(solr.documents("activity")) == 17  # every document is indexed now
 
 
 def test_a_missing_lake_record_sends_the_document_back_to_the_lake(
@@ -513,15 +579,17 @@ def test_a_missing_lake_record_sends_the_document_back_to_the_lake(
 
     report = run_solr(iati_db.engine, store, solr_resource)
 
-    assert report.done == 0 and [s[0] for s in report.sent_back] == [WORKED_ID]
+    assert report.kinds["done"] == 0 and keys(report.other_rows, "lake_missing") == [WORKED_ID]
     state = row(iati_db, WORKED_ID)
     assert (
         state["lakify_start"] is None
         and state["lakify_end"] is None
         and "no lake record" in state["solr_api_error"]
     )
-    assert run_lake(iati_db.engine, store).done == 1
-    assert run_solr(iati_db.engine, store, solr_resource).done == 1
+    # A finished lake clears the error, so the document is due for Solr again without a retry.
+    assert run_lake(iati_db.engine, store).kinds["done"] == 1
+    assert row(iati_db, WORKED_ID)["solr_api_error"] is None
+    assert run_solr(iati_db.engine, store, solr_resource).kinds["done"] == 1
     assert row(iati_db, WORKED_ID)["solr_api_error"] is None
     assert committed_ids(solr, "activity", WORKED_ID)
 
@@ -534,7 +602,7 @@ def test_a_missing_clean_file_sends_the_document_back_to_download(
     flatten = run_flatten(iati_db.engine, store)
     lake = run_lake(iati_db.engine, store)
 
-    assert [s[0] for s in flatten.sent_back] == [WORKED_ID] and lake.due == 0
+    assert keys(flatten.other_rows, "sent_back") == [WORKED_ID] and lake.due == 0
     state = row(iati_db, WORKED_ID)
     assert (state["hash"], state["downloaded"], state["clean_end"], state["flatten_start"]) == (
         doc_hash,
@@ -565,7 +633,7 @@ def test_a_document_changed_by_the_sync_midway_is_not_overwritten(
 
     report = run_flatten(iati_db.engine, SyncingStore(store))  # type: ignore[arg-type]
 
-    assert (report.done, report.superseded) == (0, 1)
+    assert (report.kinds["done"], report.kinds["superseded"]) == (0, 1)
     state = row(iati_db, WORKED_ID)
     assert state["flattened_activities"] is None and state["flatten_end"] is None
 
@@ -581,7 +649,7 @@ def test_stale_documents_are_removed_from_solr_by_the_sync_hook(
     stale = ["d0000003-0000-4000-8000-000000000003", WORKED_ID]
     kept = {c: [i for i in committed_ids(solr, c) if not any(s in i for s in stale)] for c in ("activity",)}
 
-    removal = remove_stale_solr_documents(solr_resource, stale)
+    removal = remove_stale_solr_documents(solr_resource.client(), stale)
 
     assert removal.deleted == stale and removal.failures == [] and removal.skipped_reason is None
     for collection in COLLECTIONS:
@@ -591,10 +659,10 @@ def test_stale_documents_are_removed_from_solr_by_the_sync_hook(
 
 
 def test_stale_removal_reports_instead_of_raising(solr: SolrStandIn, solr_resource: SolrResource) -> None:
-    assert remove_stale_solr_documents(SolrResource(), ["x"]).skipped_reason == "SOLR_URL is not set"
-    assert remove_stale_solr_documents(solr_resource, []).deleted == []
+    assert remove_stale_solr_documents(None, ["x"]).skipped_reason == "SOLR_URL is not set"
+    assert remove_stale_solr_documents(solr_resource.client(), []).deleted == []
     solr.fail_next("budget", 503)
-    removal = remove_stale_solr_documents(solr_resource, ["a", "b"])
+    removal = remove_stale_solr_documents(solr_resource.client(), ["a", "b"])
     assert removal.deleted == [] and [f[0] for f in removal.failures] == ["a", "b"]
     assert removal.skipped_reason and "503" in removal.skipped_reason
 
@@ -610,7 +678,7 @@ def test_a_document_that_now_flattens_to_nothing_loses_its_old_entries(
 
     report = run_solr(iati_db.engine, store, solr_resource)
 
-    assert report.done == 1 and all(solr.documents(c) == [] for c in COLLECTIONS)
+    assert report.kinds["done"] == 1 and all(solr.documents(c) == [] for c in COLLECTIONS)
     # Never indexed and empty: not selected, as in the refresher.
     execute(iati_db, "UPDATE iati.document SET solrize_end = NULL, last_solrize_end = NULL")
     assert run_solr(iati_db.engine, store, solr_resource).due == 0
@@ -635,5 +703,6 @@ def test_an_unreachable_solr_raises_solr_unavailable(iati_db: DatabaseResource, 
     with pytest.raises(SolrUnavailable):
         resource.ping()
     report = run_solr(iati_db.engine, store, resource)
-    assert report.aborted and report.done == 0
+    assert report.stopped and report.kinds["done"] == 0
+    assert report.errors_by_class == {"solr_unavailable": 1}
     assert row(iati_db, WORKED_ID)["solrize_end"] is None

@@ -7,18 +7,16 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from ecr_pipelines.iati.index_assets import build_index_resources
+from ecr_pipelines.dev.standins.solr import SolrStandIn
+from ecr_pipelines.iati.defs.resources import SolrResource, build_iati_resources, build_solr_resource
 from ecr_pipelines.iati.solr import (
     DEFAULT_COLLECTION_NAMES,
     SolrClient,
     SolrRejected,
-    SolrResource,
     SolrUnavailable,
-    build_solr_resource,
     document_query,
 )
 from ecr_pipelines.iati.solr_docs import COLLECTIONS
-from ecr_pipelines.standins.solr import SolrStandIn
 
 ENV = (
     "SOLR_URL",
@@ -71,7 +69,9 @@ def test_defaults_are_the_production_collections(no_solr_env: pytest.MonkeyPatch
     assert resource.collection_names == DEFAULT_COLLECTION_NAMES
     assert (resource.url, resource.user, resource.timeout, resource.batch_size) == ("", None, 600.0, 500)
     assert not resource.configured and resource.describe() == "Solr (SOLR_URL not set)"
-    assert set(build_index_resources()) == {"solr"}
+    built = build_iati_resources()
+    assert set(built) == {"iati", "iati_validator", "solr"}
+    assert isinstance(built["solr"], SolrResource) and not built["solr"].configured
 
 
 def test_the_environment_configures_names_auth_and_limits(no_solr_env: pytest.MonkeyPatch) -> None:

@@ -13,9 +13,9 @@ import pytest
 import requests
 from lxml import etree
 
-from ecr_pipelines.iati.index_demo import SolrDemo
+from ecr_pipelines.dev.solr_demo import SolrDemo
+from ecr_pipelines.dev.standins.solr import CONFIGSETS, Schema, SolrStandIn
 from ecr_pipelines.iati.solr_docs import COLLECTIONS
-from ecr_pipelines.standins.solr import CONFIGSETS, Schema, SolrStandIn
 
 FIELDS_TSV = Path(__file__).resolve().parents[2] / "ecr_pipelines" / "iati" / "solr_fields" / "fields.tsv"
 

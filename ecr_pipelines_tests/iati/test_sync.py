@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from ecr_pipelines.iati.index import Document, IndexSnapshot, Publisher, SafetyValveError, finish_snapshot
-from ecr_pipelines.iati.sync import (
+from ecr_pipelines.iati.stages.sync import (
     STAGE_RESET_COLUMNS,
     clean_key,
     lake_prefix,
@@ -16,8 +16,8 @@ from ecr_pipelines.iati.sync import (
     source_key,
     sync_index,
 )
+from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
-from ecr_pipelines.resources.sql import Sql
 
 
 def publisher(n: int, name: str | None = None) -> Publisher:

@@ -5,6 +5,7 @@ a stand-in IATI Validator API; black-flag mails go to a real SMTP server on loop
 
 import hashlib
 import json
+import socket
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from pathlib import Path
@@ -15,19 +16,16 @@ import pytest
 import sqlalchemy as sa
 from lxml import etree
 
-from ecr_pipelines.iati import build_defs as build_iati_defs
-from ecr_pipelines.iati import core_defs
-from ecr_pipelines.iati.solr import SolrResource
-from ecr_pipelines.iati.sync import clean_key, source_key
+from ecr_pipelines.dev.standins import RecordedRequest, Reply, StandInServer
+from ecr_pipelines.iati.blobkeys import clean_key, source_key
+from ecr_pipelines.iati.defs import build_defs as build_iati_defs
+from ecr_pipelines.iati.defs import core_defs
+from ecr_pipelines.iati.defs.clean import clean_checks, iati_clean_files
+from ecr_pipelines.iati.defs.resources import IatiValidatorResource, SolrResource
+from ecr_pipelines.iati.defs.safety import iati_publisher_flags, iati_unflag_publisher_job, safety_checks
+from ecr_pipelines.iati.defs.validate import iati_validation_reports, validate_checks
+from ecr_pipelines.iati.stages import clean as clean_stage
 from ecr_pipelines.iati.validate import validate_file
-from ecr_pipelines.iati.validation_assets import (
-    iati_clean_files,
-    iati_publisher_flags,
-    iati_unflag_publisher_job,
-    iati_validation_reports,
-    validation_checks,
-)
-from ecr_pipelines.iati.validator import IatiValidatorResource
 from ecr_pipelines.iati.validator_api import local_status
 from ecr_pipelines.resources import (
     BlobStoreResource,
@@ -36,12 +34,13 @@ from ecr_pipelines.resources import (
     MailResource,
     build_resources,
 )
-from ecr_pipelines.standins import RecordedRequest, Reply, StandInServer
 from ecr_pipelines_tests.conftest import SmtpSink
-from ecr_pipelines_tests.iati.conftest import MOUNT, iati_resource
+from ecr_pipelines_tests.iati.claims import claim_for_dead_run, claims
+from ecr_pipelines_tests.iati.conftest import MOUNT, asset_metadata, iati_resource
 from ecr_pipelines_tests.iati.iati_samples import ROOT_ATTRIBUTES, SAMPLES, mixed_document
 
 STAGES = [iati_validation_reports, iati_publisher_flags, iati_clean_files]
+CHECKS = [*validate_checks, *safety_checks, *clean_checks]
 MAIL_TO = "iati-ops@example.org"
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\nstream\n\x78\x9c\xcb\x48\xcd\xc9\xc9\x07\x00\nendstream\n%%EOF\n"
 LAUGHS = (
@@ -141,7 +140,7 @@ def materialize(
 ) -> dg.ExecuteInProcessResult:
     selected = assets or STAGES
     keys = {a.key for a in selected}
-    checks = [c for c in validation_checks if next(iter(c.check_keys)).asset_key in keys]
+    checks = [c for c in CHECKS if next(iter(c.check_keys)).asset_key in keys]
     run_config = {"ops": {name: {"config": value} for name, value in config.items()}} if config else None
     return dg.materialize(
         [*selected, *checks], resources=resources, run_config=run_config, raise_on_error=False
@@ -154,16 +153,6 @@ def unflag(db: DatabaseResource, publisher: str) -> dg.ExecuteInProcessResult:
         resources={"db": db},
         raise_on_error=False,
     )
-
-
-def metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        out[materialization.asset_key.to_user_string()] = {
-            k: v.value if isinstance(v, dg.MetadataValue) else v for k, v in materialization.metadata.items()
-        }
-    return out
 
 
 def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
@@ -256,29 +245,36 @@ def test_validate_and_clean_every_kind_of_document(
         clean_key(hashes[d]) for d in ("valid", "valid-4", "mixed")
     )
 
-    meta = metadata(result)
+    meta = asset_metadata(result)
     validation = meta["iati_validation_reports"]
-    assert (validation["due"], validation["reports_stored"], validation["valid"], validation["invalid"]) == (
-        9,
+    assert (
+        validation["due"],
+        validation["processed"],
+        validation["outcome_valid"],
+        validation["outcome_invalid"],
+    ) == (9, 9, 3, 5)
+    # The missing source is no error of the validation: the document goes back to download.
+    assert (validation["errors"], validation["outcome_sent_back"], validation["dagster/row_count"]) == (
+        0,
+        1,
         8,
-        3,
-        5,
     )
-    assert (validation["errors"], validation["missing_source"], validation["dagster/row_count"]) == (1, 1, 8)
     assert validation["validation_api_error_400"] == 3 and validation["validation_api_error_422"] == 2
-    assert "missing_source" in validation["error_preview"] and "missing" in validation["error_preview"]
+    assert (validation["with_report_total"], validation["unaccounted_total"]) == (8, 0)
+    assert validation["backend"] == "local" and validation["error_preview"] == "_none_"
+    assert "| missing | sent_back | source blob" in validation["other_outcomes"]
     clean = meta["iati_clean_files"]
-    assert (clean["copied"], clean["rebuilt"], clean["activities_kept"], clean["activities_dropped"]) == (
-        2,
-        1,
-        2,
-        1,
-    )
+    assert (
+        clean["outcome_copied"],
+        clean["outcome_rebuilt"],
+        clean["activities_kept"],
+        clean["activities_dropped"],
+    ) == (2, 1, 2, 1)
     assert (clean["errors"], clean["not_cleanable_total"], clean["dagster/row_count"]) == (0, 5, 3)
     assert meta["iati_publisher_flags"]["dagster/row_count"] == 0
 
     # A second run finds nothing due, and stored reports and files stay as they are.
-    again = metadata(materialize(make_resources(iati_db, local_blobs, tmp_path)))
+    again = asset_metadata(materialize(make_resources(iati_db, local_blobs, tmp_path)))
     assert again["iati_validation_reports"]["due"] == 0 and again["iati_clean_files"]["due"] == 0
     assert query(iati_db, "SELECT count(*) FROM iati.validation") == [(8,)]
 
@@ -313,14 +309,13 @@ def test_black_flag_is_set_mailed_once_holds_documents_and_is_cleared(
 
     first = materialize(resources)
     assert first.success and all(checks(first).values())
-    flags = metadata(first)["iati_publisher_flags"]
-    assert (flags["new_flags"], flags["mails_sent"], flags["dagster/row_count"], flags["held_documents"]) == (
-        1,
-        1,
-        1,
-        3,
-    )
-    assert metadata(first)["iati_validation_reports"]["held_for_safety_check"] == 4  # 3 bad + the mixed one
+    flags = asset_metadata(first)["iati_publisher_flags"]
+    assert (flags["new_flags"], flags["dagster/row_count"], flags["held_documents"]) == (1, 1, 3)
+    # Queued with the flag, in its transaction, and sent by the asset once that committed.
+    assert (flags["mails_queued"], flags["mails_sent"], flags["errors"]) == (1, 1, 0)
+    validation = asset_metadata(first)["iati_validation_reports"]
+    assert validation["held_for_safety_check_total"] == 4  # 3 bad + the mixed one
+    assert validation["outcome_held_recent"] == 4
     assert query(
         iati_db, "SELECT org_id, black_flag IS NOT NULL, black_flag_notified FROM iati.publisher ORDER BY 1"
     ) == [
@@ -333,6 +328,9 @@ def test_black_flag_is_set_mailed_once_holds_documents_and_is_cleared(
     assert mail["Subject"] == "IATI: publisher floody black-flagged"
     body = mail.get_payload(decode=True).decode()
     assert "Over 2 critical documents in the last 2 hours." in body and "iati_unflag_publisher_job" in body
+    assert query(
+        iati_db, "SELECT recipients, subject, sent_at IS NOT NULL, attempts FROM pipeline.mail_outbox"
+    ) == [([MAIL_TO], "IATI: publisher floody black-flagged", True, 1)]
     # The valid document of the flagged publisher went through.
     assert query(iati_db, "SELECT id FROM iati.document WHERE clean_end IS NOT NULL") == [("bad-valid",)]
 
@@ -340,7 +338,11 @@ def test_black_flag_is_set_mailed_once_holds_documents_and_is_cleared(
     execute(iati_db, "UPDATE iati.document SET downloaded = downloaded - interval '3 hours'")
     second = materialize(resources)
     assert second.success and all(checks(second).values())
-    assert metadata(second)["iati_publisher_flags"]["mails_sent"] == 0 and len(sink.messages) == 1
+    # The flag is re-stamped, not new: nothing queued, nothing sent, one mail in all.
+    second_flags = asset_metadata(second)["iati_publisher_flags"]
+    assert (second_flags["new_flags"], second_flags["mails_queued"], second_flags["mails_sent"]) == (0, 0, 0)
+    assert len(sink.messages) == 1
+    assert query(iati_db, "SELECT count(*) FROM pipeline.mail_outbox") == [(1,)]
     assert query(iati_db, "SELECT id FROM iati.document WHERE validation IS NULL ORDER BY id") == [
         ("bad-0",),
         ("bad-1",),
@@ -358,8 +360,8 @@ def test_black_flag_is_set_mailed_once_holds_documents_and_is_cleared(
 
     third = materialize(resources)
     assert third.success
-    assert metadata(third)["iati_validation_reports"]["reports_stored"] == 3
-    assert metadata(third)["iati_publisher_flags"]["dagster/row_count"] == 0  # out of the window now
+    assert asset_metadata(third)["iati_validation_reports"]["outcome_invalid"] == 3
+    assert asset_metadata(third)["iati_publisher_flags"]["dagster/row_count"] == 0  # out of the window now
     assert query(iati_db, "SELECT count(*) FROM iati.document WHERE validation IS NULL") == [(0,)]
     # Every activity of those files is invalid: nothing to publish from them.
     assert query(iati_db, "SELECT DISTINCT clean_error FROM iati.document WHERE id LIKE 'bad-_'") == [
@@ -381,8 +383,61 @@ def test_flag_without_recipients_is_not_marked_notified(
     result = materialize(resources, [iati_validation_reports, iati_publisher_flags])
     assert result.success
     assert checks(result)["iati_black_flags_notified"] is False  # warns
-    assert metadata(result)["iati_publisher_flags"]["unnotified"] == 1
+    flags = asset_metadata(result)["iati_publisher_flags"]
+    assert (flags["new_flags"], flags["unnotified"], flags["mails_queued"], flags["mails_sent"]) == (
+        1,
+        1,
+        0,
+        0,
+    )
+    assert query(iati_db, "SELECT count(*) FROM pipeline.mail_outbox") == [(0,)]
     assert not (tmp_path / "outbox").exists()
+
+
+def test_a_flag_whose_mail_failed_keeps_its_mail_for_a_later_run(
+    iati_db: DatabaseResource,
+    local_blobs: BlobStoreResource,
+    tmp_path: Path,
+    smtp_server: tuple[str, SmtpSink],
+) -> None:
+    smtp_url, sink = smtp_server
+    add_publisher(iati_db, "org-bad", "floody")
+    for n in range(2):
+        add_document(iati_db, local_blobs, f"bad-{n}", "org-bad", PDF + str(n).encode(), 0.2)
+    validator = IatiValidatorResource(safety_check_threshold=1, black_flag_mail_to=MAIL_TO)
+    with socket.socket() as probe:  # a port nobody listens on: the mail server is down
+        probe.bind(("127.0.0.1", 0))
+        down = f"smtp://127.0.0.1:{probe.getsockname()[1]}"
+    stages = [iati_validation_reports, iati_publisher_flags]
+
+    first = materialize(
+        make_resources(
+            iati_db, local_blobs, tmp_path, iati_validator=validator, mail=MailResource(smtp_url=down)
+        ),
+        stages,
+    )
+
+    # The run succeeds and the flag stands; the mail waits in the outbox with its error.
+    assert first.success
+    flags = asset_metadata(first)["iati_publisher_flags"]
+    assert (flags["new_flags"], flags["mails_queued"], flags["mails_sent"], flags["errors"]) == (1, 1, 0, 1)
+    assert query(iati_db, "SELECT black_flag IS NOT NULL, black_flag_notified FROM iati.publisher") == [
+        (True, True)
+    ]
+    [(sent, attempts, error)] = query(iati_db, "SELECT sent_at, attempts, error FROM pipeline.mail_outbox")
+    assert (sent, attempts) == (None, 1) and error
+
+    # Its retry time comes; the next run sends it, with the mail server back.
+    execute(iati_db, "UPDATE pipeline.mail_outbox SET next_attempt = now()")
+    working = make_resources(
+        iati_db, local_blobs, tmp_path, iati_validator=validator, mail=MailResource(smtp_url=smtp_url)
+    )
+    second = asset_metadata(materialize(working, stages))["iati_publisher_flags"]
+    assert (second["new_flags"], second["mails_queued"], second["mails_sent"]) == (0, 0, 1)
+    [(_, recipients, raw)] = sink.messages
+    assert recipients == [MAIL_TO] and b"floody" in raw
+    assert asset_metadata(materialize(working, stages))["iati_publisher_flags"]["mails_sent"] == 0
+    assert len(sink.messages) == 1
 
 
 def test_crash_recovery_and_clean_error_retries(
@@ -393,23 +448,23 @@ def test_crash_recovery_and_clean_error_retries(
     failed = add_document(iati_db, local_blobs, "failed", "org-1", mixed_document())
     resources = make_resources(iati_db, local_blobs, tmp_path)
     assert materialize(resources, [iati_validation_reports]).success
-    # A clean that died half way, and one that failed (its source was broken at the time).
+    # A clean that died half way (its run killed with the claim held), and one that failed (its
+    # source was broken at the time).
     execute(iati_db, "UPDATE iati.document SET clean_start = now() - interval '1 hour'")
     execute(iati_db, "UPDATE iati.document SET clean_error = 'Could not parse' WHERE id = 'failed'")
+    claim_for_dead_run(iati_db, clean_stage.STAGE.name, "crashed")
 
     result = materialize(resources, [iati_clean_files])
-    clean = metadata(result)["iati_clean_files"]
-    assert (clean["reset_in_flight"], clean["reset_errors"], clean["copied"], clean["rebuilt"]) == (
-        1,
-        0,
-        1,
-        0,
-    )
+    clean = asset_metadata(result)["iati_clean_files"]
+    assert (clean["recovered"], clean["due"], clean["outcome_copied"], clean["processed"]) == (1, 1, 1, 1)
     assert local_blobs.store.exists(clean_key(crashed)) and not local_blobs.store.exists(clean_key(failed))
     assert checks(result) == {"iati_clean_files_stored": True, "iati_cleanable_documents_cleaned": True}
+    assert claims(iati_db) == []
 
-    retried = metadata(materialize(resources, [iati_clean_files], iati_clean_files={"retry_errors": True}))
-    assert (retried["iati_clean_files"]["reset_errors"], retried["iati_clean_files"]["rebuilt"]) == (1, 1)
+    retried = asset_metadata(
+        materialize(resources, [iati_clean_files], iati_clean_files={"retry_errors": True})
+    )
+    assert (retried["iati_clean_files"]["due"], retried["iati_clean_files"]["outcome_rebuilt"]) == (1, 1)
     assert query(
         iati_db, "SELECT count(*) FROM iati.document WHERE clean_end IS NOT NULL AND clean_error IS NULL"
     ) == [(2,)]
@@ -431,8 +486,8 @@ def test_regenerate_flag_appends_a_new_report_and_keeps_the_old(
 
     result = materialize(resources)
 
-    assert metadata(result)["iati_validation_reports"]["reports_stored"] == 1
-    assert metadata(result)["iati_clean_files"]["due"] == 0  # the finished clean file is kept
+    assert asset_metadata(result)["iati_validation_reports"]["outcome_valid"] == 1
+    assert asset_metadata(result)["iati_clean_files"]["due"] == 0  # the finished clean file is kept
     rows = query(
         iati_db, "SELECT validation, regenerate_validation_report, clean_end IS NOT NULL FROM iati.document"
     )
@@ -519,14 +574,20 @@ def test_api_backend_end_to_end(
         identifiers(mixed_document())[0],
         identifiers(mixed_document())[2],
     ]
-    assert metadata(result)["iati_validation_reports"]["errors"] == 2
+    validation = asset_metadata(result)["iati_validation_reports"]
+    assert (validation["errors"], validation["error_validator_413"], validation["error_validator_500"]) == (
+        2,
+        1,
+        1,
+    )
+    assert validation["outcome_api_error"] == 2 and validation["backend"] == "api"
 
     # Next run: the 500 is retried (full check only: its schema result is known), the 413 is not.
     before = len(validator_api.requests)
-    again = metadata(materialize(resources, [iati_validation_reports]))["iati_validation_reports"]
+    again = asset_metadata(materialize(resources, [iati_validation_reports]))["iati_validation_reports"]
     assert again["due"] == 1
     assert [r.path for r in validator_api.requests[before:]] == ["/api/pub/validate"]
-    retry = metadata(
+    retry = asset_metadata(
         materialize(resources, [iati_validation_reports], iati_validation_reports={"retry_errors": True})
     )
     assert retry["iati_validation_reports"]["due"] == 2

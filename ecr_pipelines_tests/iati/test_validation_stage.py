@@ -1,7 +1,8 @@
 """The validate / safety-check / clean stage functions against the real (embedded) Postgres: the
 legacy work-selection predicates, set-based report storage with its hash guard, the black-flag
-SQL (checked against the pure rules in ``safety``), unflagging, clean selection and crash recovery."""
+SQL, unflagging, clean selection, and claims of dead and live runs."""
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -9,30 +10,27 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ecr_pipelines.iati.safety import count_recent_invalid, publishers_to_flag
-from ecr_pipelines.iati.sync import clean_key, source_key
-from ecr_pipelines.iati.validate import validate_file
-from ecr_pipelines.iati.validation_stage import (
+from ecr_pipelines.iati.blobkeys import clean_key, source_key
+from ecr_pipelines.iati.stages import clean as clean_stage
+from ecr_pipelines.iati.stages.clean import clean_due
+from ecr_pipelines.iati.stages.documents import needs_transcoding, transcode_to_utf8
+from ecr_pipelines.iati.stages.safety import run_safety_check, unflag_publisher
+from ecr_pipelines.iati.stages.validate import (
     DueForValidation,
     ValidationOutcome,
-    ValidatorUnavailable,
-    clean_due,
-    needs_transcoding,
-    reset_in_flight_cleans,
-    run_safety_check,
-    select_clean_due,
     select_validation_due,
     store_validation_outcomes,
-    transcode_to_utf8,
-    unflag_publisher,
     validate_due,
     validation_state,
 )
+from ecr_pipelines.iati.validate import SUPPORTED_VERSIONS, validate_file
 from ecr_pipelines.iati.validator_api import LocalValidator, ValidatorAnswer
+from ecr_pipelines.lib.batch import select_due
+from ecr_pipelines.lib.blobstore import LocalBlobStore
+from ecr_pipelines.lib.http import ErrorKind, FetchError
+from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.resources import DatabaseResource
-from ecr_pipelines.resources.blobstore import LocalBlobStore
-from ecr_pipelines.resources.http import ErrorKind, FetchError
-from ecr_pipelines.resources.sql import Sql
+from ecr_pipelines_tests.iati.claims import claim_for_dead_run, claim_for_live_run, claims
 from ecr_pipelines_tests.iati.iati_samples import SAMPLES, mixed_document
 
 HOLD = 2.0
@@ -235,7 +233,7 @@ def test_nul_characters_in_an_api_report_are_dropped(iati_db: DatabaseResource) 
     assert query(iati_db, "SELECT report->'errors'->0->>'title' FROM iati.validation") == [("ab",)]
 
 
-def test_safety_check_matches_the_pure_rules(iati_db: DatabaseResource) -> None:
+def test_safety_check_flags_only_strictly_over_the_threshold_in_the_window(iati_db: DatabaseResource) -> None:
     for org in ("org-1", "org-2", "org-3", "org-4"):
         add_publisher(iati_db, org)
     # org-1: 4 recent invalid (over 3); org-2: exactly 3 (not over); org-3: 4 invalid but 2 are old;
@@ -251,12 +249,11 @@ def test_safety_check_matches_the_pure_rules(iati_db: DatabaseResource) -> None:
         for schema_valid, hours in docs:
             n += 1
             add_document(iati_db, f"doc-{n}", org, hours_ago=hours, file_schema_valid=schema_valid)
-    rows = query(iati_db, "SELECT publisher, file_schema_valid, downloaded FROM iati.document")
-    expected = publishers_to_flag(count_recent_invalid(rows, datetime.now(UTC), 2), threshold=3)
+    add_document(iati_db, "doc-never-downloaded", "org-2", hours_ago=None, file_schema_valid=False)
 
     with iati_db.begin() as conn:
         flagged = run_safety_check(Sql(conn), threshold=3, period_hours=2)
-    assert [f.org_id for f in flagged] == expected == ["org-1"]
+    assert [f.org_id for f in flagged] == ["org-1"]
     assert (flagged[0].recent_invalid, flagged[0].new) == (4, True)
     first_stamp = query(iati_db, "SELECT black_flag FROM iati.publisher WHERE org_id = 'org-1'")[0][0]
     execute(iati_db, "UPDATE iati.publisher SET black_flag_notified = true WHERE org_id = 'org-1'")
@@ -269,6 +266,14 @@ def test_safety_check_matches_the_pure_rules(iati_db: DatabaseResource) -> None:
     )[0]
     assert stamp >= first_stamp and notified is True
     assert query(iati_db, "SELECT count(*) FROM iati.publisher WHERE black_flag IS NOT NULL") == [(1,)]
+    # A longer window takes org-3's older documents in; a higher threshold flags nobody new.
+    with iati_db.begin() as conn:
+        assert [f.org_id for f in run_safety_check(Sql(conn), threshold=3, period_hours=6)] == [
+            "org-1",
+            "org-3",
+        ]
+    with iati_db.begin() as conn:
+        assert run_safety_check(Sql(conn), threshold=4, period_hours=6) == []
 
 
 def test_unflag_by_org_id_or_unique_name(iati_db: DatabaseResource) -> None:
@@ -307,24 +312,60 @@ def test_clean_selection_follows_the_report(iati_db: DatabaseResource) -> None:
     execute(
         iati_db, "UPDATE iati.document SET clean_start = now(), clean_end = now() WHERE id = 'doc-cleaned'"
     )
-    with iati_db.connect() as conn:
-        due = select_clean_due(Sql(conn))
-    assert [(d.id, d.valid) for d in due] == [("doc-valid", True), ("doc-mixed", False)]
+    assert clean_due_ids(iati_db) == ["doc-valid", "doc-mixed"]
+    valid = dict(query(iati_db, "SELECT document_id, valid FROM iati.validation"))
+    assert (valid["doc-valid"], valid["doc-mixed"]) == (True, False)  # copied, rebuilt
 
 
-def test_crash_recovery_resets_in_flight_rows_only(iati_db: DatabaseResource) -> None:
+def clean_due_ids(db: DatabaseResource, retry_errors: bool = False) -> list[str]:
+    params = {"versions": list(SUPPORTED_VERSIONS), "retry": retry_errors}
+    with db.connect() as conn:
+        return select_due(conn, clean_stage.STAGE, params)
+
+
+def test_clean_claims_of_dead_runs_are_taken_back_and_live_ones_left_alone(
+    iati_db: DatabaseResource, tmp_path: Path
+) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
     add_publisher(iati_db, "org-1")
-    add_document(iati_db, "doc-in-flight", clean_start=datetime.now(UTC))
-    add_document(iati_db, "doc-failed", clean_start=datetime.now(UTC), clean_error="Could not parse")
-    add_document(iati_db, "doc-done", clean_start=datetime.now(UTC), clean_end=datetime.now(UTC))
-    with iati_db.begin() as conn:
-        assert reset_in_flight_cleans(Sql(conn)) == (1, 0)
-    assert query(iati_db, "SELECT id FROM iati.document WHERE clean_start IS NULL") == [("doc-in-flight",)]
-    with iati_db.begin() as conn:
-        assert reset_in_flight_cleans(Sql(conn), retry_errors=True) == (0, 1)
-    assert query(iati_db, "SELECT id, clean_error FROM iati.document WHERE clean_start IS NOT NULL") == [
-        ("doc-done", None)
-    ]
+    valid_bytes = (SAMPLES / "real-world/3fi-activity.xml").read_bytes()
+    started = datetime.now(UTC) - timedelta(hours=1)
+    for n, (doc_id, columns) in enumerate(
+        [
+            ("doc-in-flight", {"clean_start": started}),  # the legacy "started" mark alone
+            ("doc-dead-run", {"clean_start": started}),  # claimed by a run that was killed
+            ("doc-live-run", {"clean_start": started}),  # claimed by a run still working
+            ("doc-failed", {"clean_start": started, "clean_error": "Could not parse"}),
+            ("doc-done", {"clean_start": started, "clean_end": started}),
+        ]
+    ):
+        add_document(iati_db, doc_id, hours_ago=10 - n, **columns)
+        link_report(iati_db, doc_id, VALID)
+        store.put_bytes(source_key(doc_id.replace("doc", "h")), valid_bytes)
+    claim_for_dead_run(iati_db, clean_stage.STAGE.name, "doc-dead-run")
+    # A start time is no claim: only the failed and finished documents are not due.
+    assert clean_due_ids(iati_db) == ["doc-in-flight", "doc-dead-run", "doc-live-run"]
+
+    with claim_for_live_run(iati_db, clean_stage.STAGE.name, "doc-live-run"):
+        # A live run's claim hides its document; a dead run's claim does not.
+        assert clean_due_ids(iati_db) == ["doc-in-flight", "doc-dead-run"]
+        report = clean_due(iati_db.engine, store)
+        assert (report.recovered, report.due, report.kinds["copied"]) == (1, 2, 2)
+        assert [(stage, item) for stage, item, _ in claims(iati_db)] == [
+            (clean_stage.STAGE.name, "doc-live-run")
+        ]
+        cleaned = query(iati_db, "SELECT id FROM iati.document WHERE clean_end IS NOT NULL ORDER BY id")
+        assert cleaned == [("doc-dead-run",), ("doc-done",), ("doc-in-flight",)]
+        # Claiming marks the document started, as the legacy's clean_start did.
+        [(restarted,)] = query(iati_db, "SELECT clean_start FROM iati.document WHERE id = 'doc-in-flight'")
+        assert restarted > started
+
+    # The live run died without cleaning its document: the next run takes it back. The failed
+    # one waits for retry_errors.
+    report = clean_due(iati_db.engine, store)
+    assert (report.recovered, report.due, report.kinds["copied"]) == (1, 1, 1)
+    assert clean_due_ids(iati_db) == [] and clean_due_ids(iati_db, retry_errors=True) == ["doc-failed"]
+    assert claims(iati_db) == []
 
 
 def test_clean_due_copies_rebuilds_and_records_errors(iati_db: DatabaseResource, tmp_path: Path) -> None:
@@ -345,9 +386,16 @@ def test_clean_due_copies_rebuilds_and_records_errors(iati_db: DatabaseResource,
 
     report = clean_due(iati_db.engine, store, batch_size=2)
 
-    assert (report.copied, report.rebuilt, report.kept, report.dropped, report.batches) == (1, 1, 2, 1, 3)
-    assert dict(report.clean_errors) == {"No valid activities": 1, "Could not parse": 1}
-    assert report.missing_source == 1
+    assert (report.due, report.batches) == (5, 3)
+    assert report.kinds == Counter(copied=1, rebuilt=1, error=2, sent_back=1)
+    # The rebuilt file keeps two activities and drops one; the file with no valid activity
+    # drops its only one.
+    assert (report.counts["activities_kept"], report.counts["activities_dropped"]) == (2, 2)
+    assert report.errors_by_class == Counter(no_valid_activities=1, could_not_parse=1)
+    errors = {key: message for key, _, message in report.error_rows}
+    assert errors["doc-none-valid"].startswith("No valid activities")
+    assert errors["doc-unparseable"].startswith("Could not parse")
+    assert [(key, kind) for key, kind, _ in report.other_rows] == [("doc-missing", "sent_back")]
     assert store.get_bytes(clean_key("h-valid")) == valid_bytes
     assert b"XM-BROKEN-1" not in store.get_bytes(clean_key("h-mixed"))
     rows = dict(
@@ -366,9 +414,10 @@ def test_clean_due_copies_rebuilds_and_records_errors(iati_db: DatabaseResource,
     assert query(iati_db, "SELECT downloaded, clean_start FROM iati.document WHERE id = 'doc-missing'") == [
         (None, None)
     ]
-    # Errors are not retried every run, only on request.
+    # Errors are not retried every run, only on request (and fail again).
     assert clean_due(iati_db.engine, store).due == 0
-    assert clean_due(iati_db.engine, store, retry_errors=True).reset_errors == 2
+    retried = clean_due(iati_db.engine, store, retry_errors=True)
+    assert (retried.due, retried.errors) == (2, 2)
 
 
 class Unreachable:
@@ -389,10 +438,18 @@ def test_unreachable_validator_stops_the_run_and_leaves_documents_due(
     for n in range(8):
         add_document(iati_db, f"doc-{n}")
         store.put_bytes(source_key(f"h-{n}"), b"<iati-activities version='2.03'/>")
-    with pytest.raises(ValidatorUnavailable) as caught:
-        validate_due(iati_db.engine, store, Unreachable(), hold_hours=HOLD, batch_size=3)
-    assert caught.value.report.unexpected == 5
+    report = validate_due(iati_db.engine, store, Unreachable(), hold_hours=HOLD, batch_size=3)
+    assert (
+        report.stopped and "5 documents in a row" in report.stopped and "connection refused" in report.stopped
+    )
+    # Two batches: five failures in a row, then nothing more is tried.
+    assert (report.due, report.batches, report.processed) == (8, 2, 5)
+    assert (report.kinds, report.errors_by_class) == (Counter(left_due=5), Counter(validator_unreachable=5))
     assert query(iati_db, "SELECT count(*) FROM iati.document WHERE validation_request IS NULL") == [(8,)]
+    assert query(iati_db, "SELECT count(*) FROM iati.document WHERE validation_api_error IS NOT NULL") == [
+        (0,)
+    ]
+    assert claims(iati_db) == []  # the sixth document, claimed but not tried, is due again
 
 
 def test_validate_due_with_the_local_validator(iati_db: DatabaseResource, tmp_path: Path) -> None:
@@ -407,8 +464,11 @@ def test_validate_due_with_the_local_validator(iati_db: DatabaseResource, tmp_pa
 
     report = validate_due(iati_db.engine, store, LocalValidator(), hold_hours=HOLD, progress=progress.append)
 
-    assert (report.reports, report.valid, report.held_recent, report.missing_source) == (1, 1, 1, 1)
-    assert any(line.startswith("batch 1 of 1") and "documents/s" in line for line in progress)
+    assert report.kinds == Counter(valid=1, held_recent=1, sent_back=1)
+    assert report.errors == 0 and [(k, kind) for k, kind, _ in report.other_rows] == [
+        ("doc-missing", "sent_back")
+    ]
+    assert any(line.startswith("iati.validate: batch 1 of 1") and "rows/s" in line for line in progress)
     assert query(
         iati_db, "SELECT id, file_schema_valid, validation IS NOT NULL FROM iati.document ORDER BY id"
     ) == [
@@ -418,7 +478,7 @@ def test_validate_due_with_the_local_validator(iati_db: DatabaseResource, tmp_pa
     ]
     # Once the hold is over the mixed document is fully validated, with its meta list.
     report = validate_due(iati_db.engine, store, LocalValidator(), hold_hours=0)
-    assert (report.reports, report.invalid, report.statuses[422]) == (1, 1, 1)
+    assert (report.kinds, report.counts["validation_api_error_422"]) == (Counter(invalid=1), 1)
     meta = query(iati_db, "SELECT v.report->'iati-activities' FROM iati.document d JOIN iati.validation v ON v.id = d.validation WHERE d.id = 'doc-mixed-new'")[0][0]  # fmt: skip
     assert [m["valid"] for m in meta] == [True, False, True]
 
@@ -487,8 +547,13 @@ def test_a_report_the_database_refuses_does_not_sink_its_batch(
 
     report = validate_due(iati_db.engine, store, OddReports(), hold_hours=HOLD)
 
-    assert (report.reports, report.errors, report.statuses[502]) == (3, 1, 1)
-    assert "report could not be stored" in report.problems[0][4]
+    assert (report.kinds, report.errors, report.counts["validation_api_error_502"]) == (
+        Counter(valid=3, api_error=1),
+        1,
+        1,
+    )
+    [(key, error_class, message)] = report.error_rows
+    assert (key, error_class) == ("doc-nan", "validator_502") and "report could not be stored" in message
     assert query(
         iati_db, "SELECT id, validation IS NOT NULL, validation_api_error FROM iati.document ORDER BY id"
     ) == [

@@ -9,17 +9,18 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from ecr_pipelines.iati.validate import validate_file
-from ecr_pipelines.iati.validation_stage import UNUSABLE_ANSWER, DueForValidation, validate_document
-from ecr_pipelines.iati.validator import (
+from ecr_pipelines.dev.standins import Fault, RecordedRequest, Reply, StandInServer
+from ecr_pipelines.iati.defs.resources import (
     IatiValidatorResource,
     ValidatorConfigError,
     build_validator_resource,
 )
+from ecr_pipelines.iati.stages.validate import UNUSABLE_ANSWER, DueForValidation, validate_document
+from ecr_pipelines.iati.validate import validate_file
 from ecr_pipelines.iati.validator_api import ValidatorApiClient, local_status
+from ecr_pipelines.lib.http import FetchError
 from ecr_pipelines.resources import HttpResource
-from ecr_pipelines.resources.http import FetchError
-from ecr_pipelines.standins import Fault, RecordedRequest, Reply, StandInServer
+from ecr_pipelines.resources.env import SettingError
 from ecr_pipelines_tests.iati.iati_samples import SAMPLES, mixed_document
 
 SCHEMA_PATH = "/api/pvt/schema-validate-file"
@@ -235,8 +236,14 @@ def test_resource_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
     monkeypatch.setenv("IATI_SAFETY_CHECK_PERIOD_HOURS", "two")
-    with pytest.raises(ValidatorConfigError, match="IATI_SAFETY_CHECK_PERIOD_HOURS"):
+    with pytest.raises(SettingError, match="IATI_SAFETY_CHECK_PERIOD_HOURS"):
         build_validator_resource()
+    monkeypatch.setenv("IATI_SAFETY_CHECK_PERIOD_HOURS", "2")
+    monkeypatch.setenv("IATI_VALIDATOR", "remote")  # a typo fails loading, naming the variable
+    with pytest.raises(SettingError, match="IATI_VALIDATOR='remote'.*local, api"):
+        build_validator_resource()
+    monkeypatch.setenv("IATI_VALIDATOR", " API ")
+    assert build_validator_resource().backend == "api"
 
 
 def test_api_backend_session_uses_the_validator_timeout(standin: StandInServer, source: Path) -> None:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from ecr_pipelines.resources import BlobStoreResource
-from ecr_pipelines.resources.blobstore import (
+from ecr_pipelines.lib.blobstore import (
     BlobKeyError,
     BlobNotFound,
     BlobStore,
     LocalBlobStore,
     S3BlobStore,
 )
+from ecr_pipelines.resources import BlobStoreResource
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -11,9 +11,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from ecr_pipelines.resources import DatabaseResource
-from ecr_pipelines.resources.database import DatabaseConfigError, engine_for, normalise_url
-from ecr_pipelines.resources.migrations import (
+from ecr_pipelines.lib.database import DatabaseConfigError, engine_for, normalise_url
+from ecr_pipelines.lib.migrations import (
     SchemaVersionError,
     assert_schema_current,
     current_version,
@@ -22,7 +21,8 @@ from ecr_pipelines.resources.migrations import (
     status,
     upgrade,
 )
-from ecr_pipelines.settings import SERVICE_SCHEMAS
+from ecr_pipelines.lib.settings import SERVICE_SCHEMAS
+from ecr_pipelines.resources import DatabaseResource
 from ecr_pipelines_tests.conftest import outside_pytest_tmp
 
 
@@ -142,7 +142,7 @@ def test_db_status_command_prints_the_applied_version(database_url: str) -> None
 
 _ATTACH = """
 import json, sys
-from ecr_pipelines.resources.database import embedded_server_url
+from ecr_pipelines.lib.database import embedded_server_url
 import sqlalchemy as sa
 url = embedded_server_url()
 with sa.create_engine(url).connect() as conn:

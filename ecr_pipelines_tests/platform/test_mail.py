@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from ecr_pipelines.lib.mail import parse_smtp_url
 from ecr_pipelines.resources import MailResource
-from ecr_pipelines.resources.mail import parse_smtp_url
 from ecr_pipelines_tests.conftest import SmtpSink
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from ecr_pipelines.platform import migrations_unmodified, platform_status, service_schemas_exist
 from ecr_pipelines.resources import DatabaseResource, MailResource
+from ecr_pipelines_tests.metadata import check_evaluations, materialization_metadata
 
 
 @pytest.mark.parametrize("blobs_fixture", ["local_blobs", "s3_blobs"])
@@ -22,9 +23,12 @@ def test_platform_status_reports_schema_tables_and_a_blob_round_trip(
         resources={"db": db, "blobs": blobs, "mail": MailResource(outbox_dir=str(tmp_path))},
     )
     assert result.success
-    meta = result.asset_materializations_for_node("platform_status")[0].metadata
-    assert meta["blob_round_trip_ok"].value is True
-    assert meta["schema_version"].value == meta["code_schema_version"].value
-    assert "***" in meta["database"].value or "@" not in meta["database"].value
-    assert all(check.passed for check in result.get_asset_check_evaluations())
+    meta = materialization_metadata(result, "platform_status")
+    assert meta["blob_round_trip_ok"] is True
+    assert meta["schema_version"] == meta["code_schema_version"]
+    assert "***" in meta["database"] or "@" not in meta["database"]
+    assert check_evaluations(result) == {
+        "platform_status:service_schemas_exist": True,
+        "platform_status:migrations_unmodified": True,
+    }
     assert list(blobs.store.list("platform/")) == []

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import requests
 
-from ecr_pipelines.standins import Reply, StandInServer
+from ecr_pipelines.dev.standins import Reply, StandInServer
 
 
 def test_routes_from_a_folder_with_query_matching_templates_and_dirs(tmp_path: Path) -> None:

@@ -1,12 +1,12 @@
-"""Registry fixtures: the registry schema emptied and its reference tables loaded."""
+"""Registry fixtures: the registry schema and the mail outbox emptied, the reference tables loaded."""
 
 from collections.abc import Iterator
 
 import pytest
 
-from ecr_pipelines.registry.store import seed_reference_tables
+from ecr_pipelines.lib.sql import Sql
+from ecr_pipelines.registry.store.reference import seed_reference_tables
 from ecr_pipelines.resources import DatabaseResource
-from ecr_pipelines.resources.sql import Sql
 
 REGISTRY_TABLES = (
     "undertaking_types, undertaking_businessprofile, undertaking_users, undertaking_represent_history, "
@@ -20,6 +20,8 @@ REGISTRY_TABLES = (
 def registry_db(db: DatabaseResource) -> Iterator[DatabaseResource]:
     with db.begin() as conn:
         tables = ", ".join(f"registry.{t.strip()}" for t in REGISTRY_TABLES.split(","))
-        conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        # The outbox too: the registry tests count the mails they queue and send, and the
+        # matching_log ids that key those mails restart at 1 with the registry tables.
+        conn.exec_driver_sql(f"TRUNCATE {tables}, pipeline.mail_outbox RESTART IDENTITY CASCADE")
         seed_reference_tables(Sql(conn))
     yield db

@@ -2,14 +2,14 @@
 
 import pytest
 
+from ecr_pipelines.dev.standins import Fault, RecordedRequest, Reply, StandInServer
+from ecr_pipelines.lib.http import make_session
 from ecr_pipelines.registry.clients import (
     BdrEndpointClient,
     BdrRegistryClient,
     RegistryApiError,
     RegistryClient,
 )
-from ecr_pipelines.resources.http import make_session
-from ecr_pipelines.standins import Fault, RecordedRequest, Reply, StandInServer
 
 FGAS_PATH = "/rest/api/latest/fgasundertakings/"
 ODS_PATH = "/rest/api/latest/odsundertakings/"

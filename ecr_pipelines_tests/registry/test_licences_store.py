@@ -4,10 +4,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.registry.licences import aggregate_licences
-from ecr_pipelines.registry.store import UndertakingSync, store_licences
+from ecr_pipelines.registry.store.licences import store_licences
+from ecr_pipelines.registry.store.undertakings import UndertakingSync
 from ecr_pipelines.resources import DatabaseResource
-from ecr_pipelines.resources.sql import Sql
 from ecr_pipelines_tests.registry import payloads as p
 
 FEEDSTOCK = "export.of.substance.for.feedstock.use"

@@ -9,14 +9,12 @@ import pytest
 from rapidfuzz import fuzz, process
 
 from ecr_pipelines.registry.matching import (
-    MatchingSettings,
     auto_verify_all_ids,
     candidate_pool,
     companies_to_match,
     find_candidates,
     fuzz_threshold,
     match_rule,
-    matching_settings_from_env,
     new_company_ids,
     noneu_auto_verify_ids,
     normalise_country,
@@ -304,20 +302,8 @@ def test_chunking_does_not_change_the_result() -> None:
         pd.testing.assert_frame_equal(find_candidates(u, o, 75, workers=1, max_cells=max_cells), whole)
 
 
-def test_medium_block_runs_fast() -> None:
-    # 20k x 20k over 30 countries (~13M scored pairs) — a smoke test of the vectorised path.
-    rng = random.Random(5)
-    countries = [f"C{k}" for k in range(30)]
-    u, o = frames(
-        [(i, _company_name(rng), rng.choice(countries), None) for i in range(20_000)],
-        [(i, _company_name(rng), rng.choice(countries), None) for i in range(20_000)],
-    )
-    found = find_candidates(u, o, 75)
-    assert len(found) > 0
-
-
 # --------------------------------------------------------------------------------------------------
-# settings and run order
+# domain settings and run order
 
 
 @pytest.mark.parametrize(
@@ -334,20 +320,6 @@ def test_medium_block_runs_fast() -> None:
 )
 def test_parse_domain_list(value: str | None, expected: list[str]) -> None:
     assert parse_domain_list(value) == expected
-
-
-def test_matching_settings_from_env() -> None:
-    assert matching_settings_from_env({}) == MatchingSettings(("ODS", "FGAS"), (), (), 75)
-    settings = matching_settings_from_env(
-        {
-            "MANUAL_VERIFY_ALL_COMPANIES": "FGAS, ODS",
-            "AUTO_VERIFY_ALL_COMPANIES": "",
-            "AUTO_VERIFY_NEW_COMPANIES": "FGAS",
-            "FUZZ_LIMIT": " 80 ",
-        }
-    )
-    assert settings == MatchingSettings(("FGAS", "ODS"), (), ("FGAS",), 80)
-    assert matching_settings_from_env({"MANUAL_VERIFY_ALL_COMPANIES": ""}).manual_verify_all_companies == ()
 
 
 def test_run_order_helpers() -> None:

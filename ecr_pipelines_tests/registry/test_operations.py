@@ -1,18 +1,21 @@
-"""Matching run and operator actions against real Postgres and a stand-in BDR."""
+"""Matching run (``links``) and operator actions (``operator``) against real Postgres and a
+stand-in BDR; notification mails land in the outbox table, never sent inside the transaction."""
 
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from ecr_pipelines.registry import operations
+from ecr_pipelines.dev.standins import StandInServer
+from ecr_pipelines.lib.http import make_session
+from ecr_pipelines.lib.sql import Sql
+from ecr_pipelines.registry import operator
 from ecr_pipelines.registry.clients import BdrEndpointClient
-from ecr_pipelines.registry.operations import OperatorError
-from ecr_pipelines.registry.store import UndertakingSync, sync_old_companies
+from ecr_pipelines.registry.links import MatchReport, run_matching
+from ecr_pipelines.registry.operator import OperatorError
+from ecr_pipelines.registry.store.old_companies import sync_old_companies
+from ecr_pipelines.registry.store.undertakings import UndertakingSync
 from ecr_pipelines.resources import DatabaseResource
-from ecr_pipelines.resources.http import make_session
-from ecr_pipelines.resources.sql import Sql
-from ecr_pipelines.standins import StandInServer
 from ecr_pipelines_tests.registry import payloads as p
 
 COLLECTION = "/ReportekEngine/update_company_collection"
@@ -49,7 +52,7 @@ def seed(db: DatabaseResource, fgas: list[dict[str, Any]] = (), ods: list[dict[s
         sync_old_companies(sql, "ODS", list(old_ods))
 
 
-def match(db: DatabaseResource, bdr: BdrEndpointClient = NO_BDR, **settings: Any) -> operations.MatchReport:
+def match(db: DatabaseResource, bdr: BdrEndpointClient = NO_BDR, **settings: Any) -> MatchReport:
     options = {
         "manual_domains": ["FGAS", "ODS"],
         "auto_all_domains": [],
@@ -58,7 +61,7 @@ def match(db: DatabaseResource, bdr: BdrEndpointClient = NO_BDR, **settings: Any
     }
     options.update(settings)
     with db.begin() as conn:
-        return operations.run_matching(Sql(conn), bdr, **options)
+        return run_matching(Sql(conn), bdr, **options)
 
 
 def links(db: DatabaseResource) -> list[tuple[Any, ...]]:
@@ -80,6 +83,18 @@ def undertaking(db: DatabaseResource, external_id: int) -> sa.Row:
         return conn.execute(
             sa.text("SELECT * FROM registry.undertaking WHERE external_id = :e"), {"e": external_id}
         ).one()
+
+
+def outbox(db: DatabaseResource) -> list[tuple[Any, ...]]:
+    with db.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT recipients, subject, sent_at, dedupe_key FROM pipeline.mail_outbox ORDER BY id"
+                )
+            )
+        ]
 
 
 def log_rows(db: DatabaseResource) -> list[tuple[Any, ...]]:
@@ -130,7 +145,9 @@ def test_run_order_and_auto_verify_settings(registry_db: DatabaseResource) -> No
         ods=[p.ods(10, "Halon Services SRL")],
         old_fgas=[old(100, "ACME COOLING")],
     )
-    report = match(registry_db, auto_all_domains=["ODS"], auto_new_domains=["FGAS"])
+    report = match(
+        registry_db, auto_all_domains=["ODS"], auto_new_domains=["FGAS"], mail_to=["ops@example.test"]
+    )
     assert report.noneu_verified == [1]  # step 1: non-EU F-gas without representative
     assert report.auto_verified == [10]  # step 2: AUTO_VERIFY_ALL domains
     assert report.new_verified == [2]  # step 4: no candidate in an AUTO_VERIFY_NEW domain
@@ -141,6 +158,11 @@ def test_run_order_and_auto_verify_settings(registry_db: DatabaseResource) -> No
         ("SYSTEM", 10),
         ("SYSTEM", 2),
     }
+    # Each auto-verification queued its own mail (one log row each), none sent yet.
+    assert report.mails_queued == 3
+    mails = outbox(registry_db)
+    assert len({key for *_, key in mails}) == 3 and all(sent is None for _, _, sent, _ in mails)
+    assert {subject for _, subject, _, _ in mails} == {"BDR - New Company added"}
 
 
 def test_taken_and_invalid_old_companies_leave_the_pool(registry_db: DatabaseResource) -> None:
@@ -153,8 +175,8 @@ def test_taken_and_invalid_old_companies_leave_the_pool(registry_db: DatabaseRes
         conn.execute(sa.text("UPDATE registry.old_company SET valid = false WHERE external_id = 101"))
     match(registry_db)
     with registry_db.begin() as conn:
-        operations.verify(Sql(conn), NO_BDR, 1, 100, "ops")
-        operations.flush(Sql(conn), "ops")
+        operator.verify(Sql(conn), NO_BDR, 1, 100, "ops")
+        operator.flush(Sql(conn), "ops")
     match(registry_db)
     assert links(registry_db) == []  # 100 is taken by 1, 101 is invalid, 1 is verified
 
@@ -169,19 +191,33 @@ def test_verify_with_and_without_a_failing_bdr(registry_db: DatabaseResource, st
     bdr = BdrEndpointClient(make_session(retries=0), standin.url(), "u", "p")
     standin.route(COLLECTION, json={"status": "fail", "message": "collection locked"}, status=404)
     with pytest.raises(OperatorError, match="collection locked"), registry_db.begin() as conn:
-        operations.verify(Sql(conn), bdr, 1, 100, "ops")
+        operator.verify(Sql(conn), bdr, 1, 100, "ops", mail_to=["a@example.test"])
+    # The refusal rolled everything back, the queued mail included.
     assert not undertaking(registry_db, 1).oldcompany_verified and log_rows(registry_db) == []
+    assert outbox(registry_db) == []
 
     standin.route(COLLECTION, json={"status": "success"}, headers={"Content-Type": "application/json"})
-    sent: list[tuple[str, str]] = []
     with registry_db.begin() as conn:
-        operations.verify(Sql(conn), bdr, 1, 100, "ops", notify=lambda s, t: sent.append((s, t)))
+        outcome = operator.verify(Sql(conn), bdr, 1, 100, "ops", mail_to=["a@example.test", "b@example.test"])
     u = undertaking(registry_db, 1)
     assert (u.oldcompany_verified, u.oldcompany_account, u.oldcompany_extid) == (True, "fgas30123", 100)
     assert links(registry_db) == [(1, 100, "name", True)]
     assert log_rows(registry_db) == [("ops", "FGAS", 1, 100, True)]
     assert standin.requests_to(COLLECTION)[-1].query["old_collection_id"] == "fgas30123"
-    assert sent[0][0] == "BDR - New Company matched"
+    # One queued mail per address, keyed by the log row; nothing is sent inside the transaction.
+    assert outcome.changed and outcome.mails_queued == 2
+    assert [(r[0], r[1]) for r in outbox(registry_db)] == [
+        (["a@example.test"], "BDR - New Company matched"),
+        (["b@example.test"], "BDR - New Company matched"),
+    ]
+    assert all(key.startswith(f"registry.matching_log:{outcome.log_id}:") for *_, key in outbox(registry_db))
+
+    # A re-run of the same verification is a no-op: no BDR call, no log row, no second mail.
+    calls = len(standin.requests_to(COLLECTION))
+    with registry_db.begin() as conn:
+        again = operator.verify(Sql(conn), bdr, 1, 100, "ops", mail_to=["a@example.test", "b@example.test"])
+    assert not again.changed and len(standin.requests_to(COLLECTION)) == calls
+    assert len(log_rows(registry_db)) == 1 and len(outbox(registry_db)) == 2
 
 
 def test_manual_verify_none_unverify_and_flush(registry_db: DatabaseResource) -> None:
@@ -191,16 +227,16 @@ def test_manual_verify_none_unverify_and_flush(registry_db: DatabaseResource) ->
     match(registry_db)
     with registry_db.begin() as conn:
         sql = Sql(conn)
-        operations.manual(sql, NO_BDR, 2, "fgas", "fgas555", "ops")
-        operations.verify(sql, NO_BDR, 1, 100, "ops")
-        operations.unverify(sql, 1, "FGAS", "ops2")
+        operator.manual(sql, NO_BDR, 2, "fgas", "fgas555", "ops")
+        operator.verify(sql, NO_BDR, 1, 100, "ops")
+        operator.unverify(sql, 1, "FGAS", "ops2")
     u1, u2 = undertaking(registry_db, 1), undertaking(registry_db, 2)
     assert (u2.oldcompany_verified, u2.oldcompany_account, u2.oldcompany_id) == (True, "fgas555", None)
     assert (u1.oldcompany_verified, u1.oldcompany_account, u1.oldcompany_id) == (False, None, None)
     assert links(registry_db) == [(1, 100, "name", False)]  # the link is really reset
     with registry_db.begin() as conn:
-        operations.verify_none(Sql(conn), NO_BDR, 1, "FGAS", "ops")
-        assert operations.flush(Sql(conn), "ops") == 1
+        operator.verify_none(Sql(conn), NO_BDR, 1, "FGAS", "ops")
+        assert operator.flush(Sql(conn), "ops") == 1
     assert links(registry_db) == [] and undertaking(registry_db, 1).oldcompany_verified
     assert [r[0] for r in log_rows(registry_db)] == ["ops", "ops", "ops2", "ops", "ops"]
 
@@ -208,11 +244,11 @@ def test_manual_verify_none_unverify_and_flush(registry_db: DatabaseResource) ->
 @pytest.mark.parametrize(
     ("action", "message"),
     [
-        (lambda sql: operations.verify(sql, NO_BDR, 999, 100, "ops"), "no undertaking with external id 999"),
-        (lambda sql: operations.verify(sql, NO_BDR, 1, 555, "ops"), "no proposed link"),
-        (lambda sql: operations.unverify(sql, 1, "FGAS", "ops"), "is not verified"),
+        (lambda sql: operator.verify(sql, NO_BDR, 999, 100, "ops"), "no undertaking with external id 999"),
+        (lambda sql: operator.verify(sql, NO_BDR, 1, 555, "ops"), "no proposed link"),
+        (lambda sql: operator.unverify(sql, 1, "FGAS", "ops"), "is not verified"),
         (
-            lambda sql: operations.manual(sql, NO_BDR, 1, "ODS", "x", "ops"),
+            lambda sql: operator.manual(sql, NO_BDR, 1, "ODS", "x", "ops"),
             "no undertaking with external id 1 in ODS",
         ),
     ],
@@ -232,10 +268,11 @@ def test_manual_and_verify_none_roll_back_when_bdr_refuses(
     bdr = BdrEndpointClient(make_session(retries=0), standin.url(), "u", "p")
     with pytest.raises(OperatorError, match="refused"), registry_db.begin() as conn:
         if action == "manual":
-            operations.manual(Sql(conn), bdr, 1, "FGAS", "fgas777", "ops")
+            operator.manual(Sql(conn), bdr, 1, "FGAS", "fgas777", "ops", mail_to=["a@example.test"])
         else:
-            operations.verify_none(Sql(conn), bdr, 1, "FGAS", "ops")
+            operator.verify_none(Sql(conn), bdr, 1, "FGAS", "ops", mail_to=["a@example.test"])
     assert not undertaking(registry_db, 1).oldcompany_verified and log_rows(registry_db) == []
+    assert outbox(registry_db) == []
     assert standin.requests_to(COLLECTION)[0].query.get("old_collection_id") == (
         "fgas777" if action == "manual" else None
     )

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ecr_pipelines.registry.resources import RegistryResource, load_patches
+from ecr_pipelines.registry.defs.resources import RegistryResource
+from ecr_pipelines.registry.patches import load_patches
 
 PATCHES = {
     "PATCH_COMPANIES": {10085: {"name": "Polar Cooling Ltd"}},

@@ -5,9 +5,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ecr_pipelines.registry.store import Patches, UndertakingSync
+from ecr_pipelines.lib.sql import Sql
+from ecr_pipelines.registry.patches import Patches
+from ecr_pipelines.registry.store.undertakings import UndertakingSync
 from ecr_pipelines.resources import DatabaseResource
-from ecr_pipelines.resources.sql import Sql
 from ecr_pipelines_tests.registry import payloads as p
 
 

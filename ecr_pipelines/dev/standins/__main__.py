@@ -1,0 +1,3 @@
+from ecr_pipelines.dev.standins.server import main
+
+main()

@@ -1,0 +1,85 @@
+"""``iati_flattened_activities``: the flatten stage (``ecr_pipelines.iati.stages.flatten``)."""
+
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import Field
+
+from ecr_pipelines.iati.defs.sync import GROUP
+from ecr_pipelines.iati.stages.flatten import run_flatten
+from ecr_pipelines.metadata import log_stage, md_table, stage_metadata
+from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
+
+CLEAN_FILES = dg.AssetKey("iati_clean_files")
+
+
+class StageBatchConfig(dg.Config):
+    """Run config shared by the flatten, lake and Solr stages."""
+
+    batch_size: int = Field(default=50, description="Documents per batch (one claim, one commit).")
+    limit: int | None = Field(default=None, description="Process at most this many documents.")
+
+
+class FlattenConfig(StageBatchConfig):
+    """Run config of the flatten stage (ops.iati_flattened_activities.config)."""
+
+    retry_errors: bool = Field(
+        default=False, description="Flatten again the documents that failed (flatten_api_error)."
+    )
+
+
+def _scalar(db: DatabaseResource, sql: str) -> int:
+    with db.connect() as conn:
+        return int(conn.execute(sa.text(sql)).scalar_one())
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"postgres", "xml"},
+    deps=[CLEAN_FILES],
+    pool="iati_flatten",
+    description=(
+        "Flattened activities of every cleaned IATI document (iati.document.flattened_activities, jsonb): one "
+        "flat dict per activity, exactly as the refresher's Flattener wrote them (ecr_pipelines.iati.flatten), "
+        "streamed from iati/clean/<hash>.xml. Legacy columns flatten_start / flatten_end / flatten_api_error "
+        "(1 = the file could not be flattened; retried with retry_errors, which the retry schedule sets). A "
+        "document whose clean file is missing goes back to download and clean."
+    ),
+)
+def iati_flattened_activities(
+    context: dg.AssetExecutionContext,
+    config: FlattenConfig,
+    db: DatabaseResource,
+    blobs: BlobStoreResource,
+) -> dg.MaterializeResult:
+    report = run_flatten(
+        db.engine,
+        blobs.store,
+        batch_size=config.batch_size,
+        limit=config.limit,
+        retry_errors=config.retry_errors,
+        run_id=context.run.run_id,
+        progress=context.log.info,
+    )
+    log_stage(context.log, report)
+    total = _scalar(db, "SELECT count(*) FROM iati.document WHERE flatten_end IS NOT NULL")
+    return dg.MaterializeResult(metadata=stage_metadata(report, total))
+
+
+@dg.asset_check(
+    asset=iati_flattened_activities,
+    description="No document is both flattened (flatten_end) and failed (flatten_api_error).",
+)
+def iati_flatten_outcome_exclusive(db: DatabaseResource) -> dg.AssetCheckResult:
+    with db.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT id, hash FROM iati.document WHERE flatten_end IS NOT NULL AND flatten_api_error IS NOT NULL "
+                "ORDER BY id LIMIT 20"
+            )
+        ).all()
+    return dg.AssetCheckResult(
+        passed=not rows, metadata={"both": len(rows), "preview": md_table(["id", "hash"], rows)}
+    )
+
+
+flatten_checks = [iati_flatten_outcome_exclusive]

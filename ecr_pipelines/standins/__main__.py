@@ -1,3 +1,0 @@
-from ecr_pipelines.standins.server import main
-
-main()

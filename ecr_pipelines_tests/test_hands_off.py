@@ -1,0 +1,229 @@
+"""A deployment runs by itself: a real ``dagster-daemon`` on a fresh instance, nothing launched
+by hand. The fresh deployment fills itself; then a dataset added to the Bulk Data Service index
+reaches Solr, and an undertaking added to the F-gas registry is synced and linked to its old
+company, each within five minutes of the addition."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from ecr_pipelines.dev.demo import standins
+from ecr_pipelines.dev.iati_demo import RECORDINGS as IATI_RECORDINGS
+from ecr_pipelines.dev.registry_demo import RECORDINGS as REGISTRY_RECORDINGS
+from ecr_pipelines.dev.standins import RecordedRequest, Reply, StandInServer
+from ecr_pipelines.lib.database import engine_for, ensure_database
+from ecr_pipelines.lib.migrations import upgrade
+from ecr_pipelines_tests.conftest import outside_pytest_tmp
+from ecr_pipelines_tests.test_stage_runs import document_bytes
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+WITHIN = 300  # seconds from an addition to its outcome
+NEW_DOCUMENT_IDENTIFIER = "XM-TEST-0777"
+NEW_UNDERTAKING = 10777
+NEW_OLD_COMPANY = 4777
+
+
+class Upstreams:
+    """Route handlers over mutable lists, so the test can add a dataset and an undertaking."""
+
+    def __init__(self, server: StandInServer) -> None:
+        self.server = server
+        base = server.url()
+        datasets = (IATI_RECORDINGS / "datasets-minimal.json").read_text().replace("{{base_url}}", base)
+        self.datasets = json.loads(datasets)
+        self.undertakings: list[dict[str, Any]] = json.loads(
+            (REGISTRY_RECORDINGS / "fgas_undertakings_all.json").read_text()
+        )
+        self.old_companies: list[dict[str, Any]] = json.loads(
+            (REGISTRY_RECORDINGS / "bdr_registry_fgases.json").read_text()
+        )
+        self.old_companies.append(
+            {
+                **self.old_companies[0],
+                "pk": NEW_OLD_COMPANY,
+                "name": "POLARSTERN KUEHLSYSTEME GMBH",
+                "vat_number": "DE777000777",
+                "eori": "",
+                "account": "fgas30777",
+            }
+        )
+        fgas = "/registry/fgas/rest/api/latest/fgasundertakings/"
+        # Same query keys as the recorded page routes, added later: these win.
+        for query in ({}, {"pageNumber": "1"}):
+            server.route(fgas, query=query, handler=self._undertakings)
+        server.route("/registry/bdr-registry/company/obligation/fgases/", handler=self._old_companies)
+        server.route("/iati/datasets-minimal", handler=self._datasets)
+
+    def _undertakings(self, request: RecordedRequest) -> Reply:
+        return Reply.json(self.undertakings, headers={"numberOfPages": "1"})
+
+    def _old_companies(self, request: RecordedRequest) -> Reply:
+        return Reply.json(self.old_companies)
+
+    def _datasets(self, request: RecordedRequest) -> Reply:
+        return Reply.json(self.datasets)
+
+    def add_dataset(self) -> None:
+        data = document_bytes(777)
+        self.server.route("/iati/cache/hands-off.xml", body=data, headers={"Content-Type": "application/xml"})
+        template = self.datasets["datasets"][0]
+        dataset = json.loads(json.dumps(template))
+        dataset.update(id="a3f00777-5b1e-4c39-8d1e-000000000777", short_name="3f-hands-off")
+        dataset["last_known_good_dataset"].update(
+            cached_dataset_url_xml=self.server.url("/iati/cache/hands-off.xml"),
+            hash=hashlib.sha1(data).hexdigest(),
+        )
+        self.datasets = {**self.datasets, "datasets": [*self.datasets["datasets"], dataset]}
+
+    def add_undertaking(self) -> None:
+        template = json.loads(json.dumps(self.undertakings[0]))
+        template.update(
+            id=NEW_UNDERTAKING,
+            registrationNumId="FG-HANDS",
+            name="Polarstern Kuehlsysteme GmbH",
+            vat="DE777000777",
+            eori="DE777000777",
+            dateUpdated=datetime.now(UTC).strftime("%d/%m/%Y"),
+        )
+        for person in template.get("contactPersons") or []:
+            person["userName"] = "hands0ff"
+            person["emailAddress"] = "hands.off@polarstern.example.test"
+        self.undertakings = [*self.undertakings, template]
+
+
+def wait_for(
+    what: str, condition: Callable[[], bool], timeout: float, daemon: subprocess.Popen[bytes]
+) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():
+            return time.monotonic() - started
+        assert daemon.poll() is None, "dagster-daemon died"
+        time.sleep(2)
+    pytest.fail(f"{what}: not within {timeout:.0f} s")
+
+
+@pytest.fixture
+def deployment(pg_server_url: str) -> Iterator[tuple[dict[str, str], Path]]:
+    suffix = os.urandom(4).hex()
+    app_url = ensure_database(pg_server_url, f"handsoff_app_{suffix}")
+    upgrade(engine_for(app_url))
+    folder = outside_pytest_tmp("ecr-hands-off-")
+    home = folder / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = dict(os.environ)
+    env.update(
+        DAGSTER_HOME=str(home),
+        DAGSTER_PG_URL=ensure_database(pg_server_url, f"handsoff_dagster_{suffix}"),
+        DATABASE_URL=app_url,
+        BLOB_STORE_URL=str(folder / "blobs"),
+        ECR_HOME=str(folder / "ecr"),
+        PYTHONWARNINGS="ignore",
+        # Faster polling than production's minute or two, so the suite stays short.
+        IATI_POLL_SECONDS="10",
+        REGISTRY_POLL_SECONDS="15",
+    )
+    yield env, folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
+    deployment: tuple[dict[str, str], Path],
+) -> None:
+    env, folder = deployment
+    engine = engine_for(env["DATABASE_URL"])
+
+    def scalar(sql: str) -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(sql)).scalar_one())
+
+    with standins() as (server, standin_env):
+        upstreams = Upstreams(server)
+        env.update(standin_env)
+        log = (folder / "daemon.log").open("wb")
+        daemon = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("dagster-daemon")),
+                "run",
+                "-w",
+                str(REPO / "workspace.yaml"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            os.environ["DAGSTER_PG_URL"] = env["DAGSTER_PG_URL"]
+            with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+
+                def filled() -> bool:
+                    records = instance.get_asset_records()
+                    materialized = {
+                        r.asset_entry.asset_key.to_user_string()
+                        for r in records
+                        if r.asset_entry.last_materialization_record is not None
+                    }
+                    wanted = {"bdr_old_companies", "undertaking_company_links", "iati_solr_index"}
+                    return wanted <= materialized
+
+                wait_for("the fresh deployment filled itself", filled, WITHIN, daemon)
+                assert scalar("SELECT count(*) FROM registry.old_company") > 0
+                assert scalar("SELECT count(*) FROM iati.document WHERE solrize_end IS NOT NULL") > 0
+
+                upstreams.add_dataset()
+                upstreams.add_undertaking()
+                solr_url = standin_env["SOLR_URL"]
+
+                def in_solr() -> bool:
+                    import requests
+
+                    answer = requests.get(
+                        f"{solr_url}/activity/select",
+                        params={"q": f'iati_identifier:"{NEW_DOCUMENT_IDENTIFIER}"', "wt": "json"},
+                        timeout=5,
+                    ).json()
+                    return answer["response"]["numFound"] == 1
+
+                def linked() -> bool:
+                    return bool(
+                        scalar(
+                            "SELECT count(*) FROM registry.old_company_link l "
+                            "JOIN registry.undertaking u ON u.id = l.undertaking_id "
+                            "JOIN registry.old_company o ON o.id = l.oldcompany_id "
+                            f"WHERE u.external_id = {NEW_UNDERTAKING} AND o.external_id = {NEW_OLD_COMPANY}"
+                        )
+                    )
+
+                wait_for("the new dataset's activity in Solr", in_solr, WITHIN, daemon)
+                wait_for("the new undertaking synced and linked", linked, WITHIN, daemon)
+                runs = instance.get_runs()
+                assert runs, "the daemon launched runs"
+                # Every run the daemon launched carries its service's tag (the concurrency limits key on it).
+                assert all(run.tags.get("ecr/service") for run in runs), [
+                    (run.job_name, run.tags) for run in runs if not run.tags.get("ecr/service")
+                ]
+        finally:
+            os.killpg(daemon.pid, signal.SIGTERM)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+            log.close()
