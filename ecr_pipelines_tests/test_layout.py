@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "ecr_pipelines"
 DAGSTER_PACKAGES = ("resources", "platform", "dev")
 # Top-level modules that are Dagster-side by design (the code location and helpers for defs/).
-DAGSTER_MODULES = ("definitions", "checks", "metadata", "automation")
+DAGSTER_MODULES = ("definitions", "checks", "metadata", "automation", "stages")
 
 
 def _module_name(path: Path) -> str:

@@ -12,29 +12,18 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ecr_pipelines.dev.service import DemoService
 from ecr_pipelines.dev.standins import StandInServer
 
 if TYPE_CHECKING:  # the platform package imports Dagster, which `standin` does not need
     from ecr_pipelines.platform.pools import PoolSetup
 
 RECORDINGS = Path(__file__).resolve().parent / "standins" / "recordings"
-
-
-@dataclass(frozen=True)
-class DemoService:
-    name: str
-    recordings: Path | None
-    env: Callable[[str], dict[str, str]]
-    setup: Callable[[StandInServer, str], None] | None = None  # dynamic routes (paging, callbacks)
-    run_config: dict[str, Any] = field(default_factory=dict)
-    # Another stand-in with a protocol of its own (e.g. Solr): a context manager giving its env.
-    extra: Callable[[], AbstractContextManager[dict[str, str]]] | None = None
 
 
 def demo_services() -> list[DemoService]:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from ecr_pipelines.dev.demo import DemoService
+from ecr_pipelines.dev.service import DemoService
 
 RECORDINGS = Path(__file__).resolve().parent / "standins" / "recordings" / "registry"
 

@@ -9,7 +9,6 @@ from ecr_pipelines.iati.defs.safety import iati_publisher_flags
 from ecr_pipelines.iati.defs.sync import GROUP
 from ecr_pipelines.iati.defs.validate import iati_validation_reports
 from ecr_pipelines.iati.stages.clean import (
-    BATCH_SIZE,
     CLEANABLE,
     clean_due,
     clean_state,
@@ -18,17 +17,16 @@ from ecr_pipelines.iati.stages.clean import (
 )
 from ecr_pipelines.iati.validate import SUPPORTED_VERSIONS
 from ecr_pipelines.lib.sql import Sql
-from ecr_pipelines.metadata import log_stage, md_table, stage_metadata
+from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
+from ecr_pipelines.stages import RetryBatchConfig, log_stage, stage_metadata
 
 CLEAN_BLOB_SAMPLE = 50
 
 
-class IatiCleanConfig(dg.Config):
+class IatiCleanConfig(RetryBatchConfig):
     """Run config of the clean stage (ops.iati_clean_files.config)."""
 
-    batch_size: int = Field(default=BATCH_SIZE, description="Documents per transaction.")
-    limit: int | None = Field(default=None, description="Clean at most this many documents.")
     retry_errors: bool = Field(
         default=False,
         description='Retry documents with a clean_error ("Could not parse", "No valid activities").',

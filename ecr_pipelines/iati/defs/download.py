@@ -8,8 +8,9 @@ from ecr_pipelines.iati.blobkeys import source_key
 from ecr_pipelines.iati.defs.resources import IatiResource
 from ecr_pipelines.iati.defs.sync import DOCUMENTS, GROUP
 from ecr_pipelines.iati.stages.download import BATCH_SIZE, NO_SOURCE_MESSAGE, download_due
-from ecr_pipelines.metadata import log_stage, md_table, stage_metadata
+from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource, HttpResource
+from ecr_pipelines.stages import RetryBatchConfig, log_stage, stage_metadata
 
 # Above this share of failed downloads (among documents that have a source) something is wrong
 # beyond individual publishers: the cache, our network, or the TLS set-up.
@@ -17,13 +18,12 @@ MAX_ERROR_SHARE = 0.5
 BLOB_SAMPLE = 25
 
 
-class IatiDownloadConfig(dg.Config):
+class IatiDownloadConfig(RetryBatchConfig):
     """Run config of the downloads (ops.iati_source_files.config)."""
 
     retry_errors: bool = Field(
         default=False, description="Download again the documents that failed (every error code but 4)."
     )
-    limit: int | None = Field(default=None, description="Download at most this many documents.")
     batch_size: int = Field(default=BATCH_SIZE, description="Documents per batch (one claim, one commit).")
     workers: int | None = Field(
         default=None, description="Concurrent downloads (default IATI_DOWNLOAD_WORKERS)."

@@ -2,34 +2,18 @@
 
 import dagster as dg
 import sqlalchemy as sa
-from pydantic import Field
 
 from ecr_pipelines.iati.defs.sync import GROUP
 from ecr_pipelines.iati.stages.flatten import run_flatten
-from ecr_pipelines.metadata import log_stage, md_table, stage_metadata
+from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
+from ecr_pipelines.stages import RetryBatchConfig, log_stage, row_count, stage_metadata
 
 CLEAN_FILES = dg.AssetKey("iati_clean_files")
 
 
-class StageBatchConfig(dg.Config):
-    """Run config shared by the flatten, lake and Solr stages."""
-
-    batch_size: int = Field(default=50, description="Documents per batch (one claim, one commit).")
-    limit: int | None = Field(default=None, description="Process at most this many documents.")
-
-
-class FlattenConfig(StageBatchConfig):
+class FlattenConfig(RetryBatchConfig):
     """Run config of the flatten stage (ops.iati_flattened_activities.config)."""
-
-    retry_errors: bool = Field(
-        default=False, description="Flatten again the documents that failed (flatten_api_error)."
-    )
-
-
-def _scalar(db: DatabaseResource, sql: str) -> int:
-    with db.connect() as conn:
-        return int(conn.execute(sa.text(sql)).scalar_one())
 
 
 @dg.asset(
@@ -61,7 +45,7 @@ def iati_flattened_activities(
         progress=context.log.info,
     )
     log_stage(context.log, report)
-    total = _scalar(db, "SELECT count(*) FROM iati.document WHERE flatten_end IS NOT NULL")
+    total = row_count(db, "SELECT count(*) FROM iati.document WHERE flatten_end IS NOT NULL")
     return dg.MaterializeResult(metadata=stage_metadata(report, total))
 
 

@@ -5,27 +5,23 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from ecr_pipelines.iati.blobkeys import lake_prefix
-from ecr_pipelines.iati.defs.flatten import CLEAN_FILES, StageBatchConfig
+from ecr_pipelines.iati.defs.flatten import CLEAN_FILES
 from ecr_pipelines.iati.defs.sync import GROUP
 from ecr_pipelines.iati.lake import identifier_stem
 from ecr_pipelines.iati.stages.lake import run_lake
-from ecr_pipelines.metadata import log_stage, md_table, stage_metadata
+from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
+from ecr_pipelines.stages import BatchConfig, log_stage, row_count, stage_metadata
 
 CHECK_SAMPLE = 25
 
 
-class LakeConfig(StageBatchConfig):
+class LakeConfig(BatchConfig):
     """Run config of the lake stage (ops.iati_activity_lake.config)."""
 
     workers: int = Field(
         default=8, description="Threads writing lake blobs (object stores answer one PUT at a time)."
     )
-
-
-def _scalar(db: DatabaseResource, sql: str) -> int:
-    with db.connect() as conn:
-        return int(conn.execute(sa.text(sql)).scalar_one())
 
 
 @dg.asset(
@@ -54,7 +50,7 @@ def iati_activity_lake(
         progress=context.log.info,
     )
     log_stage(context.log, report)
-    total = _scalar(db, "SELECT count(*) FROM iati.document WHERE lakify_end IS NOT NULL")
+    total = row_count(db, "SELECT count(*) FROM iati.document WHERE lakify_end IS NOT NULL")
     return dg.MaterializeResult(metadata=stage_metadata(report, total))
 
 

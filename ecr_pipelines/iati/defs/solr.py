@@ -4,18 +4,19 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from ecr_pipelines.iati.defs.flatten import StageBatchConfig, iati_flattened_activities
+from ecr_pipelines.iati.defs.flatten import iati_flattened_activities
 from ecr_pipelines.iati.defs.lake import CHECK_SAMPLE, iati_activity_lake
 from ecr_pipelines.iati.defs.resources import SolrResource
 from ecr_pipelines.iati.defs.sync import GROUP
 from ecr_pipelines.iati.solr import SolrError
 from ecr_pipelines.iati.solr_docs import COLLECTIONS
 from ecr_pipelines.iati.stages.solr import run_solr
-from ecr_pipelines.metadata import log_stage, md_table, stage_metadata
+from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
+from ecr_pipelines.stages import RetryBatchConfig, log_stage, row_count, stage_metadata
 
 
-class SolrIndexConfig(StageBatchConfig):
+class SolrIndexConfig(RetryBatchConfig):
     """Run config of the Solr stage (ops.iati_solr_index.config)."""
 
     reindex_all: bool = Field(
@@ -25,11 +26,6 @@ class SolrIndexConfig(StageBatchConfig):
         default=False, description="Index again the documents Solr refused (solr_api_error)."
     )
     workers: int = Field(default=8, description="Threads reading lake blobs.")
-
-
-def _scalar(db: DatabaseResource, sql: str) -> int:
-    with db.connect() as conn:
-        return int(conn.execute(sa.text(sql)).scalar_one())
 
 
 @dg.asset(
@@ -75,7 +71,7 @@ def iati_solr_index(
         progress=context.log.info,
     )
     log_stage(context.log, report)
-    total = _scalar(db, "SELECT count(*) FROM iati.document WHERE solrize_end IS NOT NULL")
+    total = row_count(db, "SELECT count(*) FROM iati.document WHERE solrize_end IS NOT NULL")
     metadata = stage_metadata(report, total, solr=solr.describe())
     if report.stopped:
         raise dg.Failure(

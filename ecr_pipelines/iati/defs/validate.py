@@ -24,21 +24,18 @@ from ecr_pipelines.iati.defs.download import iati_source_files
 from ecr_pipelines.iati.defs.resources import IatiValidatorResource, ValidatorConfigError
 from ecr_pipelines.iati.defs.sync import GROUP
 from ecr_pipelines.iati.stages.validate import (
-    BATCH_SIZE,
     unaccounted_documents_query,
     validate_due,
     validation_state,
 )
 from ecr_pipelines.lib.sql import Sql
-from ecr_pipelines.metadata import log_stage, stage_metadata
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource, HttpResource
+from ecr_pipelines.stages import RetryBatchConfig, log_stage, stage_metadata
 
 
-class IatiValidationConfig(dg.Config):
+class IatiValidationConfig(RetryBatchConfig):
     """Run config of the validation (ops.iati_validation_reports.config)."""
 
-    batch_size: int = Field(default=BATCH_SIZE, description="Documents per transaction.")
-    limit: int | None = Field(default=None, description="Validate at most this many documents.")
     retry_errors: bool = Field(
         default=False, description="Also re-send documents the validator refused as too large (413)."
     )

@@ -1,0 +1,54 @@
+"""What every batch-stage asset shares on the Dagster side: its run config, its metadata and its
+log lines (the stage itself runs on ``ecr_pipelines.lib.batch``)."""
+
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import Field
+
+from ecr_pipelines.lib.batch import StageReport
+from ecr_pipelines.metadata import PREVIEW_ROWS, md_table
+from ecr_pipelines.resources import DatabaseResource
+
+
+class BatchConfig(dg.Config):
+    """Run config of a batch stage (``ops.<asset>.config``)."""
+
+    batch_size: int = Field(default=50, description="Items per batch: one claim, one commit.")
+    limit: int | None = Field(default=None, description="Process at most this many items.")
+
+
+class RetryBatchConfig(BatchConfig):
+    """Run config of a batch stage whose failed items wait for a retry run."""
+
+    retry_errors: bool = Field(
+        default=False, description="Also take the items that failed before (the retry schedule sets it)."
+    )
+
+
+def stage_metadata(report: StageReport, row_count: int, **extra: Any) -> dict[str, Any]:
+    """The metadata of one run of a batch stage: its counts, then previews of the items that
+    failed (with their error class) and of those that went elsewhere (held, sent back, ...)."""
+    return {
+        **report.metadata(),
+        **extra,
+        "dagster/row_count": row_count,
+        "error_preview": md_table(["item", "error class", "message"], report.error_rows),
+        "other_outcomes": md_table(["item", "outcome", "message"], report.other_rows),
+    }
+
+
+def log_stage(log: Any, report: StageReport, warnings: int = PREVIEW_ROWS) -> None:
+    """The stage's summary and its first errors in the run log."""
+    log.info(report.summary())
+    for key, cls, message in report.error_rows[:warnings]:
+        log.warning(f"{report.stage}: {key}: {cls}: {message}")
+    if report.errors > warnings:
+        log.warning(f"{report.stage}: {report.errors - warnings} more errors (see the metadata preview)")
+
+
+def row_count(db: DatabaseResource, sql: str) -> int:
+    """One ``SELECT count(*)``: the asset's ``dagster/row_count`` after a stage run."""
+    with db.connect() as conn:
+        return int(conn.execute(sa.text(sql)).scalar_one())
