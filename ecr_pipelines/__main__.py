@@ -13,6 +13,11 @@ demo                     run every asset against the stand-ins and the bundled s
 dev                      the Dagster UI on the demo instance, with the stand-ins serving
 standin NAME [--port N]  serve one stand-in: solr (empty, the shipped schemas), registry or
                          iati (the recordings), or a folder holding routes.json
+registry import-legacy LEGACY_URL [--schema S] [--check]
+                         copy a legacy registry database into the registry schema (re-runnable)
+iati import-refresher LEGACY_URL [--blobs URL] [--schema S] [--check]
+                         copy the IATI refresher's rows (and, with --blobs, its source, clean and
+                         lake files) so that nothing already done is done again (re-runnable)
 
 demo, dev and standin need the development code (ecr_pipelines.dev), which a source checkout
 has and the Docker image leaves out.
@@ -173,6 +178,58 @@ def _standin(args: argparse.Namespace) -> int:
     return serve.serve(args.name, port=args.port, data_dir=args.data_dir)
 
 
+def _print_import(lines: list[str]) -> None:
+    for line in lines:
+        print(line, flush=True)
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from ecr_pipelines.lib.legacy_copy import LegacyImportRefused
+    from ecr_pipelines.lib.migrations import SchemaVersionError
+    from ecr_pipelines.registry.legacy_import import import_legacy_registry
+
+    try:
+        report = import_legacy_registry(
+            args.legacy_url,
+            engine_for(env_str("DATABASE_URL")),
+            schema=args.schema,
+            check_only=args.check,
+            progress=_err,
+        )
+    except (LegacyImportRefused, SchemaVersionError) as exc:
+        _err(f"error: {exc}")
+        return 2
+    _print_import(report.lines())
+    return 0
+
+
+def _iati(args: argparse.Namespace) -> int:
+    from ecr_pipelines.iati.refresher_import import Containers, import_refresher, open_refresher_blobs
+    from ecr_pipelines.lib.blobstore import open_blob_store
+    from ecr_pipelines.lib.legacy_copy import LegacyImportRefused
+    from ecr_pipelines.lib.migrations import SchemaVersionError
+
+    endpoint, region = env_str("S3_ENDPOINT_URL"), env_str("AWS_REGION")
+    try:
+        theirs = open_refresher_blobs(args.blobs, endpoint, region) if args.blobs else None
+        report = import_refresher(
+            args.legacy_url,
+            engine_for(env_str("DATABASE_URL")),
+            open_blob_store(env_str("BLOB_STORE_URL"), endpoint, region),
+            theirs,
+            schema=args.schema,
+            containers=Containers(args.source_container, args.clean_container, args.lake_container),
+            workers=args.workers,
+            check_only=args.check,
+            progress=_err,
+        )
+    except (LegacyImportRefused, SchemaVersionError) as exc:
+        _err(f"error: {exc}")
+        return 2
+    _print_import(report.lines())
+    return 0
+
+
 def _add_dotenv_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -214,7 +271,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=None, help="default: solr 8983, registry 8765, iati 8766"
     )
     standin.add_argument("--data-dir", type=Path, default=None, help="solr: keep committed documents here")
+    registry = sub.add_parser("registry", help="registry cache: migration from the legacy service")
+    legacy = registry.add_subparsers(dest="registry_command", required=True).add_parser(
+        "import-legacy",
+        help="copy a legacy registry database into ours (DATABASE_URL); re-running changes nothing",
+    )
+    legacy.add_argument("legacy_url", metavar="LEGACY_URL", help="the legacy registry's database (only read)")
+    _add_import_options(legacy)
+    iati = sub.add_parser("iati", help="IATI: migration from the refresher")
+    refresher = iati.add_subparsers(dest="iati_command", required=True).add_parser(
+        "import-refresher",
+        help="copy the refresher's publishers, documents and validations (and files) into ours",
+    )
+    refresher.add_argument("legacy_url", metavar="LEGACY_URL", help="the refresher's database (only read)")
+    refresher.add_argument(
+        "--blobs",
+        metavar="URL",
+        default=None,
+        help="the refresher's blob containers copied to a folder (path or file:// URL) or s3://bucket/prefix",
+    )
+    refresher.add_argument("--source-container", default="source", help="folder of the source files")
+    refresher.add_argument("--clean-container", default="clean", help="folder of the clean files")
+    refresher.add_argument("--lake-container", default="activity-lake", help="folder of the activity lake")
+    refresher.add_argument("--workers", type=int, default=8, help="concurrent blob copies (default 8)")
+    _add_import_options(refresher)
     return parser
+
+
+def _add_import_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--schema", default="public", help="the legacy tables' schema (default public)")
+    parser.add_argument(
+        "--check", action="store_true", help="only check the source and the target; write nothing"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         "demo": _demo,
         "dev": _dev,
         "standin": _standin,
+        "registry": _registry,
+        "iati": _iati,
     }
     try:
         return handlers[args.command](args)

@@ -18,6 +18,7 @@ from ecr_pipelines.lib.settings import env_str
 from ecr_pipelines.resources import DatabaseResource, MailResource
 
 SERVICE_TAG = "ecr/service"
+BOOTSTRAP_TAG = {"ecr/bootstrap": "true"}
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -30,9 +31,15 @@ def service_tags(service: str) -> dict[str, str]:
     return {SERVICE_TAG: service}
 
 
-def run_in_flight(instance: dg.DagsterInstance, service: str, job_names: Sequence[str] | None = None) -> bool:
-    """Whether a run of ``service`` (optionally: of one of ``job_names``) is queued or running."""
-    filters = dg.RunsFilter(statuses=IN_FLIGHT, tags={SERVICE_TAG: service})
+def run_in_flight(
+    instance: dg.DagsterInstance,
+    service: str,
+    job_names: Sequence[str] | None = None,
+    tags: dict[str, str] | None = None,
+) -> bool:
+    """Whether a run of ``service`` (optionally: of one of ``job_names``, with ``tags``) is queued
+    or running."""
+    filters = dg.RunsFilter(statuses=IN_FLIGHT, tags={SERVICE_TAG: service, **(tags or {})})
     runs = instance.get_runs(filters=filters, limit=50)
     return any(job_names is None or run.job_name in job_names for run in runs)
 
@@ -63,21 +70,23 @@ def bootstrap_sensor(groups: dict[str, list[dg.AssetKey]]) -> dg.SensorDefinitio
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Materializes, once, every asset that was never materialized (one run per service, tagged "
-            "ecr/service), so a fresh deployment fills itself without a person."
+            "ecr/service and ecr/bootstrap), so a fresh deployment fills itself without a person."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         requests = []
         for service, keys in groups.items():
             missing = never_materialized(context.instance, keys)
-            if not missing or run_in_flight(context.instance, service):
+            # Only an earlier bootstrap holds this one back: the service's own sensors may keep it
+            # busy all the time, and pools keep the steps that must not overlap apart.
+            if not missing or run_in_flight(context.instance, service, tags=BOOTSTRAP_TAG):
                 continue
             names = sorted(key.to_user_string() for key in missing)
             requests.append(
                 dg.RunRequest(
                     run_key=f"bootstrap:{service}:{','.join(names)}"[:1000],
                     asset_selection=missing,
-                    tags={**service_tags(service), "ecr/bootstrap": "true"},
+                    tags={**service_tags(service), **BOOTSTRAP_TAG},
                 )
             )
         if not requests:

@@ -136,7 +136,7 @@ def deployment(pg_server_url: str) -> Iterator[tuple[dict[str, str], Path]]:
         ECR_HOME=str(folder / "ecr"),
         PYTHONWARNINGS="ignore",
         # Faster polling than production's minute or two, so the suite stays short.
-        IATI_POLL_SECONDS="10",
+        IATI_POLL_SECONDS="5",
         REGISTRY_POLL_SECONDS="15",
     )
     yield env, folder
@@ -184,7 +184,7 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
                     wanted = {"bdr_old_companies", "undertaking_company_links", "iati_solr_index"}
                     return wanted <= materialized
 
-                wait_for("the fresh deployment filled itself", filled, WITHIN, daemon)
+                wait_for("the fresh deployment filled itself", filled, WITHIN, daemon, folder / "daemon.log")
                 assert scalar("SELECT count(*) FROM registry.old_company") > 0
                 assert scalar("SELECT count(*) FROM iati.document WHERE solrize_end IS NOT NULL") > 0
 
@@ -212,8 +212,10 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
                         )
                     )
 
-                wait_for("the new dataset's activity in Solr", in_solr, WITHIN, daemon)
-                wait_for("the new undertaking synced and linked", linked, WITHIN, daemon)
+                wait_for("the new dataset's activity in Solr", in_solr, WITHIN, daemon, folder / "daemon.log")
+                wait_for(
+                    "the new undertaking synced and linked", linked, WITHIN, daemon, folder / "daemon.log"
+                )
                 runs = instance.get_runs()
                 assert runs, "the daemon launched runs"
                 # Every run the daemon launched carries its service's tag (the concurrency limits key on it).

@@ -3,7 +3,8 @@
 ``SolrClient`` wraps one ``pysolr.Solr`` per collection, all sharing one ``requests`` session built
 by the project's HTTP layer (timeouts, retries with backoff on 429/502/503/504 and connection
 errors: every call here is idempotent, so retrying a POST is safe). ``SolrResource`` is its Dagster
-resource, configured from ``SOLR_URL`` and friends (``build_solr_resource``).
+resource, configured from ``SOLR_URL`` and friends, or from the refresher's ``SOLR_API_URL``
+(``build_solr_resource``).
 
 Errors are split in two, because the Solr stage treats them differently:
 
@@ -38,6 +39,8 @@ from ecr_pipelines.lib.http import make_session
 __all__ = [
     "COLLECTIONS",
     "DEFAULT_COLLECTION_NAMES",
+    "LEGACY_COLLECTION_NAMES",
+    "LEGACY_SOLR_URL_VARIABLE",
     "SolrClient",
     "SolrError",
     "SolrRejected",
@@ -65,6 +68,10 @@ def _production_names() -> dict[str, str]:
 
 
 DEFAULT_COLLECTION_NAMES: dict[str, str] = _production_names()
+# The refresher's settings: pysolr URL = SOLR_API_URL + "<name>_solrize/", i.e. the base URL up
+# to /solr/ and the aliases the Datastore's collections are reached by.
+LEGACY_SOLR_URL_VARIABLE = "SOLR_API_URL"
+LEGACY_COLLECTION_NAMES: dict[str, str] = {logical: f"{logical}_solrize" for logical in COLLECTIONS}
 
 
 class SolrError(Exception):

@@ -13,8 +13,17 @@ API's JSON shape, so stored reports and downstream decisions (clean, safety chec
   wrapped in a copy of its root element, as the API does;
 * duplicate identifiers are renamed ``ID(2)``, ``ID(3)``… and give one file-level ``1.1.2`` error.
 
-Only the XSD part of the API is reproduced: no codelist or ruleset checks (those only ever
-produced non-critical errors, so ``valid`` and the meta index match the API).
+Only the XSD part of the API is reproduced: no codelist, ruleset or advisory checks (those only
+ever produced non-critical errors, so ``valid`` and the meta index match the API). The report says
+so where the API's own report says which checks ran, so a consumer of API reports does not take
+"no errors" for "no ruleset errors":
+
+* ``rulesetCommitSha``, ``codelistCommitSha`` and ``orgIdPrefixFileName`` are ``""``: what the API
+  writes when it ran no ruleset, codelist or organisation-identifier check (for a file that is not
+  IATI or has an unsupported version), rather than the commit and file it checked against;
+* ``apiVersion`` names this validator and the checks it ran (:data:`API_VERSION`);
+* ``summary`` has the API's four counts; only ``critical`` can be non-zero, apart from the
+  ``1.1.2`` duplicate-identifier error.
 
 The file is streamed: only the root element and the activity being checked are in memory.
 
@@ -26,7 +35,7 @@ import functools
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,8 +48,12 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SUPPORTED_VERSIONS: tuple[str, ...] = ("2.01", "2.02", "2.03")
 ACTIVITIES = "iati-activities"
 ORGANISATIONS = "iati-organisations"
-# Marks reports produced here (the API puts its release number in the same key).
-API_VERSION = "ecr_pipelines.iati.validate/1 (schema only)"
+# Marks reports produced here (the API puts its release number in the same key) and says which
+# checks ran, in words a person reading the stored report understands.
+API_VERSION = "ecr_pipelines.iati.validate/2: schema only (rulesets, codelists and advisories not run)"
+# What the API writes in rulesetCommitSha / codelistCommitSha / orgIdPrefixFileName when those
+# checks did not run.
+NOT_RUN = ""
 FILE_LEVEL_ID = "file"
 FILE_LEVEL_TITLE = "File level errors"
 NO_IDENTIFIER = "noIdentifier"
@@ -177,10 +190,14 @@ def _report(
     summary = dict.fromkeys(SEVERITIES, 0)
     for error in flat_errors:
         summary[error["severity"]] = summary.get(error["severity"], 0) + 1
+    # Same keys, in the same order, as the API's report.
     report: dict[str, Any] = {
         "valid": summary["critical"] == 0,
         "fileType": file_type,
         "iatiVersion": version,
+        "rulesetCommitSha": NOT_RUN,
+        "codelistCommitSha": NOT_RUN,
+        "orgIdPrefixFileName": NOT_RUN,
         "apiVersion": API_VERSION,
         "summary": summary,
     }
@@ -188,6 +205,15 @@ def _report(
         report[file_type] = meta
     report["errors"] = _group_errors(flat_errors)
     return report
+
+
+def rulesets_ran(report: Mapping[str, Any]) -> bool:
+    """Whether a stored report (the API's or ours) includes the ruleset and codelist checks.
+
+    The API names the ruleset and codelist commits it checked against and leaves them empty when
+    it ran neither; reports made here always leave them empty.
+    """
+    return bool(report.get("rulesetCommitSha")) and bool(report.get("codelistCommitSha"))
 
 
 def _not_well_formed(error: etree.XMLSyntaxError | xmlsafe.UnsafeXMLError) -> dict[str, Any]:

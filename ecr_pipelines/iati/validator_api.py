@@ -19,18 +19,28 @@ anything else; the stage does the same with these answers.
 means the same whichever back end produced it. A transport failure of the API (connection,
 timeout, TLS) raises :class:`~ecr_pipelines.resources.http.FetchError`: that is not the
 document's fault, and the stage leaves the document due instead of recording an error.
+
+Files over the API's size limit (it answers 413, "Max Filesize of 60 MiB exceeded"): the
+refresher stored the 413, no report, and sent the file again every minute, so a large file was
+never cleaned nor indexed. ``ValidatorApiClient`` with ``too_large_fallback`` (what the resource
+builds by default, ``IATI_VALIDATOR_TOO_LARGE=local``) validates such a file with the local
+validator instead: its schema check decides ``valid`` and the per-activity meta exactly as the API
+does (its rulesets and codelists never produce critical errors), so the file is cleaned and
+indexed as the API's report would have let it be. The report says it is schema only and why
+(``apiVersion``), and the answer carries ``fallback`` for the stage's counts. Without a fallback
+(``IATI_VALIDATOR_TOO_LARGE=skip``) the 413 is stored as the refresher stored it.
 """
 
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import requests
 
-from ecr_pipelines.iati.validate import validate_file
+from ecr_pipelines.iati.validate import API_VERSION, validate_file
 from ecr_pipelines.lib.http import check_scheme, classify
 
 OK = 200
@@ -44,6 +54,9 @@ DEFAULT_KEY_NAME = "x-functions-key"
 XML_CONTENT_TYPE = "application/xml; charset=utf-8"
 # Bodies of non-report answers kept for the run log; validator error pages can be long.
 MESSAGE_CHARS = 300
+# What the API's 413 becomes in a report validated locally instead (its ``apiVersion``).
+TOO_LARGE_FALLBACK = "the IATI Validator API refused the file as too large (HTTP 413)"
+LOCAL_TOO_LARGE_API_VERSION = f"{API_VERSION}; used because {TOO_LARGE_FALLBACK}"
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,8 @@ class ValidatorAnswer:
     status: int
     report: dict[str, Any] | None = None
     message: str = ""
+    # Why the answer comes from the local validator rather than the API ("" when it does not).
+    fallback: str = ""
 
     @property
     def ok(self) -> bool:
@@ -160,6 +175,7 @@ class ValidatorApiClient:
         key_name: str = DEFAULT_KEY_NAME,
         key_value: str | None = None,
         timeout: tuple[float, float] | None = None,
+        too_large_fallback: LocalValidator | None = None,
     ) -> None:
         for url in (schema_url, full_url):
             check_scheme(url)
@@ -170,6 +186,7 @@ class ValidatorApiClient:
         if key_value:
             self.headers[key_name or DEFAULT_KEY_NAME] = key_value
         self.timeout = timeout
+        self.too_large_fallback = too_large_fallback
 
     def _post(self, url: str, path: Path, params: dict[str, str] | None = None) -> ValidatorAnswer:
         try:
@@ -191,7 +208,25 @@ class ValidatorApiClient:
         return ValidatorAnswer(response.status_code, report, message)
 
     def schema_check(self, path: Path) -> ValidatorAnswer:
-        return self._post(self.schema_url, path)
+        answer = self._post(self.schema_url, path)
+        if answer.status != TOO_LARGE or self.too_large_fallback is None:
+            return answer
+        local = self.too_large_fallback.schema_check(path)
+        return replace(local, message=local.message or _fallback_message(answer), fallback=TOO_LARGE_FALLBACK)
 
     def full_check(self, path: Path, meta: bool) -> ValidatorAnswer:
-        return self._post(self.full_url, path, {"meta": "true"} if meta else None)
+        answer = self._post(self.full_url, path, {"meta": "true"} if meta else None)
+        if answer.status != TOO_LARGE or self.too_large_fallback is None:
+            return answer
+        local = self.too_large_fallback.full_check(path, meta)
+        report = None
+        if local.report is not None:
+            # A copy: the local validator may hand out the report it keeps for a later call.
+            report = {**local.report, "apiVersion": LOCAL_TOO_LARGE_API_VERSION}
+        message = local.message or _fallback_message(answer)
+        return replace(local, report=report, message=message, fallback=TOO_LARGE_FALLBACK)
+
+
+def _fallback_message(answer: ValidatorAnswer) -> str:
+    api = answer.message or f"HTTP {answer.status}"
+    return f"validated locally, schema only: {api}"[:MESSAGE_CHARS]

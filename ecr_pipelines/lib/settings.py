@@ -104,7 +104,11 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
         "120",
         "Seconds between incremental syncs of the F-gas/ODS registries (registry_poll_sensor).",
     ),
-    EnvVarDoc("SEND_MATCHING_MAILS", "true", "Mail the `registry.mail_address` list on verifications."),
+    EnvVarDoc(
+        "SEND_MATCHING_MAILS",
+        "false",
+        "`true` (or `True`) mails the `registry.mail_address` list on verifications; needs `BDR_ENDPOINT_URL`.",
+    ),
     # IATI refresher.
     EnvVarDoc(
         "IATI_SOURCE", "bds", "Index source: `bds` (Bulk Data Service) or `registry` (legacy CKAN registry)."
@@ -144,6 +148,12 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
     EnvVarDoc("IATI_VALIDATOR_API_KEY_VALUE", "(none)", "Value of the validator's key header.", secret=True),
     EnvVarDoc("IATI_VALIDATOR_API_TIMEOUT", "600", "Read timeout (s) of validator calls."),
     EnvVarDoc(
+        "IATI_VALIDATOR_TOO_LARGE",
+        "local",
+        "With `api`: a file the API refuses as too large (413) is validated locally, schema only "
+        "(`local`), or left without a report as the refresher did (`skip`).",
+    ),
+    EnvVarDoc(
         "IATI_SAFETY_CHECK_THRESHOLD",
         "100",
         "Flag a publisher with more schema-invalid documents than this...",
@@ -163,6 +173,13 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
     ),
     EnvVarDoc("SOLR_TRANSACTION_COLLECTION", "transaction", "Transaction collection or alias."),
     EnvVarDoc("SOLR_BUDGET_COLLECTION", "budget", "Budget collection or alias."),
+    EnvVarDoc(
+        "SOLR_API_URL",
+        "(none)",
+        "The refresher's Solr URL: used when `SOLR_URL` is unset, and then the collections default "
+        "to `activity_solrize`, `transaction_solrize`, `budget_solrize`.",
+        secret=True,
+    ),
     EnvVarDoc("SOLR_USER", "(none)", "Solr basic-auth user.", secret=True),
     EnvVarDoc("SOLR_PASSWORD", "(none)", "Solr basic-auth password.", secret=True),
     EnvVarDoc("SOLR_CONNECT_TIMEOUT", "10", "Seconds to connect to Solr."),

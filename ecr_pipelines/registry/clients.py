@@ -205,19 +205,29 @@ class BdrEndpointClient:
             return f"BDR was unreachable: {classify(exc, url)}"
 
     def update_company_collection(
-        self, company_id: int, domain: str, country: str, name: str, old_collection_id: str | None = None
+        self,
+        company_id: int,
+        domain: str,
+        country: str | None,
+        name: str | None,
+        old_collection_id: str | None = None,
     ) -> BdrResult:
-        """Create the company's collection, or bind the old one when ``old_collection_id`` is given."""
+        """Create the company's collection, or bind the old one when ``old_collection_id`` is given.
+
+        A None value leaves its parameter out of the request, as the legacy's did (``requests``
+        drops None parameters): BDR tells "no country" from "country=" and the callers decide
+        when the old collection is named, each as the legacy did.
+        """
         if not self.enabled:
             return BdrResult(True, "BDR_ENDPOINT_URL not set: skipped")
-        params: dict[str, Any] = {
+        values: dict[str, Any] = {
             "company_id": company_id,
             "domain": domain,
             "country": country,
             "name": name,
+            "old_collection_id": old_collection_id,
         }
-        if old_collection_id:
-            params["old_collection_id"] = old_collection_id
+        params = {key: value for key, value in values.items() if value is not None}
         response = self._call("GET", "ReportekEngine/update_company_collection", params)
         if isinstance(response, str):
             return BdrResult(False, response)
@@ -235,11 +245,17 @@ class BdrEndpointClient:
             return BdrResult(True, str(body.get("message") or "success"))
         return BdrResult(False, f"BDR said {body.get('status')!r}: {body.get('message') or ''}".strip())
 
-    def folder_exists(self, domain: str, country_code: str | None, folder: str) -> bool | None:
-        """Whether the company's folder exists; ``None`` when BDR cannot tell (unreachable, 5xx)."""
+    def folder_exists(
+        self, domain: str, country_code: str | None, folder: str, non_eu: bool = False
+    ) -> bool | None:
+        """Whether the company's folder exists; ``None`` when BDR cannot tell (unreachable, 5xx).
+
+        ``non_eu``: a non-EU company without representative, filed under ``non_eu`` (legacy).
+        """
         if not self.enabled:
             return True
-        response = self._call("HEAD", f"{bdr_obligation_slug(domain)}/{bdr_country(country_code)}/{folder}")
+        country = "non_eu" if non_eu else bdr_country(country_code)
+        response = self._call("HEAD", f"{bdr_obligation_slug(domain)}/{country}/{folder}")
         if isinstance(response, str):
             return None
         if response.status_code == 404:
@@ -264,18 +280,22 @@ class BdrEndpointClient:
         country_code: str | None,
         domain: str,
         account_uid: int,
-        name: str,
+        name: str | None,
         oldcompany_account: str | None,
+        non_eu: bool = False,
     ) -> BdrResult:
+        """Rename the company's collection. ``non_eu`` as for :meth:`folder_exists`; a None
+        ``oldcompany_account`` (or name) leaves the parameter out, as the legacy's call did."""
         if not self.enabled:
             return BdrResult(True, "BDR_ENDPOINT_URL not set: skipped")
-        params = {
-            "country_code": bdr_country(country_code),
+        values: dict[str, Any] = {
+            "country_code": "non_eu" if non_eu else bdr_country(country_code),
             "obligation_folder_name": bdr_obligation_slug(domain),
-            "account_uid": account_uid,
+            "account_uid": str(account_uid),
             "organisation_name": name,
-            "oldcompany_account": oldcompany_account or "",
+            "oldcompany_account": oldcompany_account,
         }
+        params = {key: value for key, value in values.items() if value is not None}
         response = self._call("GET", "api/update_organisation_name", params)
         if isinstance(response, str):
             return BdrResult(False, response)

@@ -11,10 +11,14 @@ Rules (legacy ECR behaviour, see the research notes §4.6):
   ``not_aggregated`` and still count for ``updated_since``;
 * substance = conversion table of ``"<chemicalName> (virgin)"`` when ``mixtureNatureType`` is
   virgin, else ``"<chemicalName> (non-virgin)"``;
-* organisation / partner country: case-insensitive English-name lookup → alpha-2;
+* organisation / partner country: case-insensitive English-name lookup → alpha-2, blanks around
+  the table's names ignored (a fix: the legacy dropped every licence of "Finland", whose table
+  row reads "Finland ");
 * ``templateDetailedUseCode`` → use description and licence type (table); use kind from the
   customs procedure name (:data:`CUSTOMS_PROCEDURE_USE_KIND`);
-* quantity = sum of ``netMass``; ``round(q, 7)`` for "laboratory uses", else ``ceil`` as int.
+* quantity = plain ``sum`` of ``netMass`` at the legacy column's precision (``real``), in row
+  order; ``round(q, 7)`` for "laboratory uses", else ``ceil`` as int. Exactly the legacy figures,
+  binary noise included: 0.2 + 2.2 + 0.6 is 3.0000000000000004 and gives 4, as it always did.
 
 :func:`apply_licence_patches` appends ``PATCH_LICENCES`` entries to an API answer.
 """
@@ -25,6 +29,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
+
+import numpy as np
 
 from ecr_pipelines.registry.reference import ReferenceTables, load_reference_tables
 
@@ -146,16 +152,23 @@ def ec_substance_name(chemical_name: str, mixture_nature_type: str | None) -> st
     return f"{chemical_name} ({nature})"
 
 
-def aggregate_quantity(net_masses: Iterable[float], use_desc: str) -> int | float:
-    """Sum of net masses: ``round(q, 7)`` for laboratory uses, else rounded up to an int.
+def as_real(value: float) -> float:
+    """``value`` as the legacy's ``real`` columns (``Float(7)``) gave it back: rounded to single
+    precision, then read as the shortest decimal that names that single (what Postgres prints
+    for a ``real`` and the driver parses). 10.123456789 → 10.123457; 0.2 stays 0.2."""
+    return float(str(np.float32(value)))
 
-    :func:`math.fsum` instead of ``sum`` so the result does not depend on row order and binary
-    noise cannot push an exact total over an integer (``sum`` makes 0.2 + 2.2 + 0.6 come out
-    as 3.0000000000000004, which ceils to 4).
+
+def aggregate_quantity(net_masses: Iterable[float], use_desc: str) -> int | float:
+    """The legacy aggregate: plain ``sum`` of the net masses, ``round(q, 7)`` for laboratory
+    uses (kept at ``real`` precision, the column's), else rounded up to an int.
+
+    ``sum``, not :func:`math.fsum`, on purpose: the legacy's figures are what BDR and the
+    companies saw, binary noise included (0.2 + 2.2 + 0.6 → 3.0000000000000004 → 4).
     """
-    total = math.fsum(net_masses)
+    total = sum(net_masses, 0.0)
     if use_desc == LABORATORY_USES:
-        return round(total, 7)
+        return as_real(round(total, 7))
     return int(math.ceil(total))
 
 
@@ -163,6 +176,11 @@ def _float_or_none(value: Any) -> float | None:
     if value is None or value == "" or isinstance(value, bool):
         return None
     return float(value)
+
+
+def _real_or_none(value: Any) -> float | None:
+    number = _float_or_none(value)
+    return None if number is None else as_real(number)
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -187,8 +205,9 @@ def normalise_licence(raw: Mapping[str, Any], year: int, refs: ReferenceTables) 
         organization_country_name_orig=org_name,
         international_party_country_name=refs.country_alpha2(partner_name) or "",
         international_party_country_name_orig=partner_name,
-        total_odp_mass=_float_or_none(raw.get("totalOdpMass")),
-        net_mass=_float_or_none(raw.get("netMass")),
+        # The legacy columns are `real`: the masses are summed and shown at that precision.
+        total_odp_mass=_real_or_none(raw.get("totalOdpMass")),
+        net_mass=_real_or_none(raw.get("netMass")),
         template_detailed_use_code=_str_or_none(raw.get("templateDetailedUseCode")),
         licence_type=_str_or_none(raw.get("licenceType")),
         updated_since=_str_or_none(raw.get("licenceUpdateDate")),
@@ -333,7 +352,13 @@ def apply_licence_patches(
         if year is not None and patch.get("year") != year:
             continue
         entry = dict(patch)
-        if entry.get("use_desc") != LABORATORY_USES and entry.get("quantity") is not None:
-            entry["quantity"] = int(entry["quantity"])
+        if entry.get("quantity") is not None:
+            entry["quantity"] = patch_quantity(entry)
         result.append(entry)
     return result
+
+
+def patch_quantity(entry: Mapping[str, Any]) -> int | float:
+    """A ``PATCH_LICENCES`` quantity as the legacy API gave it: int unless "laboratory uses"."""
+    quantity = entry.get("quantity") or 0
+    return quantity if entry.get("use_desc") == LABORATORY_USES else int(quantity)

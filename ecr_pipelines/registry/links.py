@@ -3,9 +3,12 @@ companies, and the legacy auto-verifications around it.
 
 The matching keeps the legacy outcome (research notes §3) and drops its cost: candidates come
 from ``matching.find_candidates`` (vectorised, blocked by country) and links are written in one
-statement. Auto-verifications call BDR inside the caller's transaction, each in a savepoint so a
-refusal undoes that company only; their notification mails are queued in the outbox in the same
-savepoint and sent by the caller after the commit (see ``operator``).
+statement. A BDR company is one company whatever the obligation lists it under: once taken by an
+undertaking it leaves the pool under both, and an undertaking gets at most one link to it
+(``matching.one_link_per_company``), as with the legacy's one row per BDR pk.
+Auto-verifications call BDR inside the caller's transaction, each in a savepoint so a refusal
+undoes that company only; their notification mails are queued in the outbox in the same savepoint
+and sent by the caller after the commit (see ``operator``).
 """
 
 from collections.abc import Sequence
@@ -22,8 +25,9 @@ from ecr_pipelines.registry.matching import (
     find_candidates,
     new_company_ids,
     noneu_auto_verify_ids,
+    one_link_per_company,
 )
-from ecr_pipelines.registry.operator import SYSTEM_USER, OperatorError, manual
+from ecr_pipelines.registry.operator import SYSTEM_USER, OperatorError, Recipient, manual
 
 
 @dataclass
@@ -69,7 +73,8 @@ def _old_companies(sql: Sql) -> pd.DataFrame:
     rows = sql.all(
         """
         SELECT o.id, o.external_id, o.name, o.country_code, o.eori, o.valid, o.obligation,
-               EXISTS (SELECT 1 FROM registry.undertaking u WHERE u.oldcompany_id = o.id) AS taken
+               EXISTS (SELECT 1 FROM registry.undertaking u JOIN registry.old_company t ON t.id = u.oldcompany_id
+                       WHERE t.external_id = o.external_id) AS taken
         FROM registry.old_company o ORDER BY o.id
         """
     )
@@ -85,7 +90,7 @@ def run_matching(
     auto_all_domains: list[str],
     auto_new_domains: list[str],
     fuzz_limit: int,
-    mail_to: Sequence[str] = (),
+    mail_to: Sequence[Recipient | str] = (),
 ) -> MatchReport:
     """The legacy run order: (1) non-EU F-gas companies without representative verified as new;
     (2) AUTO_VERIFY_ALL domains verified as new; (3) MANUAL_VERIFY domains matched against valid,
@@ -116,7 +121,18 @@ def run_matching(
     companies = companies_to_match(unverified, manual_domains, verified_ids)
     pool = candidate_pool(_old_companies(sql), manual_domains)
     report.matched_companies, report.pool_size = len(companies), len(pool)
-    candidates = find_candidates(companies, pool, fuzz_limit)
+    found = find_candidates(companies, pool, fuzz_limit)
+    existing = pd.DataFrame(
+        [
+            tuple(r)
+            for r in sql.all(
+                "SELECT l.undertaking_id, l.oldcompany_id, o.external_id FROM registry.old_company_link l "
+                "JOIN registry.old_company o ON o.id = l.oldcompany_id"
+            )
+        ],
+        columns=["undertaking_id", "oldcompany_id", "external_id"],
+    )
+    candidates = one_link_per_company(found, pool, companies, existing)
     report.candidates = candidates
     if len(candidates):
         before = sql.scalar("SELECT count(*) FROM registry.old_company_link")
@@ -129,7 +145,8 @@ def run_matching(
             ],
         )
         report.links_created = sql.scalar("SELECT count(*) FROM registry.old_company_link") - before
-    auto_verify(new_company_ids(companies, candidates, auto_new_domains), report.new_verified)
+    # "Without candidates" is decided on what matched, before the one-link-per-company pruning.
+    auto_verify(new_company_ids(companies, found, auto_new_domains), report.new_verified)
     return report
 
 

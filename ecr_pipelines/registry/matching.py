@@ -319,6 +319,47 @@ def candidate_pool(old_companies: pd.DataFrame, domains: Sequence[str]) -> pd.Da
     return old_companies.loc[mask]
 
 
+def one_link_per_company(
+    candidates: pd.DataFrame,
+    old_companies: pd.DataFrame,
+    undertakings: pd.DataFrame,
+    existing_links: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """At most one candidate per (undertaking, BDR company).
+
+    One BDR company listed under both obligations is two ``old_company`` rows with the same
+    ``external_id`` (the BDR pk); the legacy kept one row per pk, so it never proposed the same
+    company twice to one undertaking. Of such rows the one whose ``obligation`` is the
+    undertaking's ``domain`` is kept, else the lowest id; and when the undertaking already has a
+    link to one of them (an earlier run), only that row stays.
+
+    ``old_companies``: ``id, external_id, obligation``; ``undertakings``: ``id, domain``;
+    ``existing_links``: ``undertaking_id, oldcompany_id, external_id``.
+    """
+    if candidates.empty:
+        return candidates
+    info = old_companies.set_index("id")[["external_id", "obligation"]]
+    frame = candidates.join(info, on="oldcompany_id")
+    domains = undertakings.set_index("id")["domain"]
+    own = frame["obligation"].map(lambda v: _text(v).strip().upper()) == frame["undertaking_id"].map(domains)
+    frame = frame.assign(_own=own.to_numpy())
+    if existing_links is not None and not existing_links.empty:
+        linked = existing_links[["undertaking_id", "external_id", "oldcompany_id"]].rename(
+            columns={"oldcompany_id": "_linked"}
+        )
+        frame = frame.merge(linked, on=["undertaking_id", "external_id"], how="left")
+        frame = frame[frame["_linked"].isna() | (frame["_linked"] == frame["oldcompany_id"])]
+        frame = frame.drop(columns="_linked").drop_duplicates(["undertaking_id", "oldcompany_id"])
+    frame = frame.sort_values(
+        ["undertaking_id", "external_id", "_own", "oldcompany_id"],
+        ascending=[True, True, False, True],
+        kind="stable",
+    ).drop_duplicates(["undertaking_id", "external_id"], keep="first")
+    return frame.sort_values(["undertaking_id", "oldcompany_id"], kind="stable").reset_index(drop=True)[
+        list(candidates.columns)
+    ]
+
+
 def new_company_ids(matched: pd.DataFrame, candidates: pd.DataFrame, domains: Sequence[str]) -> list[Any]:
     """Step 4: undertakings of ``matched`` (``id, domain``) with zero candidates whose domain is in
     AUTO_VERIFY_NEW_COMPANIES; they are verified "as new" by SYSTEM. Empty ``domains`` → ``[]``.

@@ -1,15 +1,18 @@
 """The operator's actions on the matching (no Dagster import): verify, verify-none, manual,
 unverify, flush.
 
-Each action runs in the caller's transaction and writes a ``matching_log`` row with the
-operator's name. verify / verify-none / manual call BDR for companies that did not pass the
-checks *inside* that transaction, so a BDR refusal raises ``OperatorError`` and rolls everything
-back. Their notification mails are only *queued* there (``pipeline.mail_outbox``, one mail per
-``registry.mail_address`` row, as the legacy service sent them); the caller sends them after the
-commit, so an SMTP failure can never undo a verification BDR has already seen, and the dedupe key
-(the log row) keeps a re-run from mailing anyone twice.
+Each action runs in the caller's transaction. verify / verify-none / manual / unverify write a
+``matching_log`` row with the operator's name (flush writes none, as the legacy's did not).
+verify / verify-none / manual call BDR for companies that did not pass the checks *inside* that
+transaction, so a BDR refusal raises ``OperatorError`` and rolls everything back. Their
+notification mails are only *queued* there (``pipeline.mail_outbox``, one mail per
+``registry.mail_address`` row, addressed "Dear <first> <last>" as the legacy's were); the caller
+sends them after the commit, so an SMTP failure can never undo a verification BDR has already
+seen, and the dedupe key (the log row) keeps a re-run from mailing anyone twice. As in the legacy,
+no mail is queued without a BDR endpoint URL: the mail's link points into BDR.
 """
 
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +25,8 @@ from ecr_pipelines.registry.clients import BdrEndpointClient
 SYSTEM_USER = "SYSTEM"
 # Every registry mail's dedupe key starts so (checks and tests tell them from other services').
 MAIL_KEY_PREFIX = "registry.matching_log:"
+SUBJECT_MATCHED = "BDR - New Company matched"
+SUBJECT_ADDED = "BDR - New Company added"
 
 
 class OperatorError(ValueError):
@@ -38,9 +43,21 @@ class Outcome:
     mails_queued: int = 0
 
 
-def notification_addresses(sql: Sql) -> list[str]:
+@dataclass(frozen=True)
+class Recipient:
+    """One ``registry.mail_address`` row: the address and the names the greeting uses."""
+
+    mail: str
+    first_name: str | None = None
+    last_name: str | None = None
+
+
+def notification_addresses(sql: Sql) -> list[Recipient]:
     """Who is told about verifications: every ``registry.mail_address`` row."""
-    return [r.mail for r in sql.all("SELECT mail FROM registry.mail_address ORDER BY id")]
+    return [
+        Recipient(r.mail, r.first_name, r.last_name)
+        for r in sql.all("SELECT mail, first_name, last_name FROM registry.mail_address ORDER BY id")
+    ]
 
 
 def mail_key(log_id: int, logged_at: datetime, address: str) -> str:
@@ -49,12 +66,64 @@ def mail_key(log_id: int, logged_at: datetime, address: str) -> str:
     return f"{MAIL_KEY_PREFIX}{log_id}:{logged_at.isoformat()}:{address}"
 
 
-def _queue_notice(sql: Sql, log: Any, mail_to: Sequence[str], subject: str, text: str) -> int:
+def _recipients(mail_to: Sequence[Recipient | str]) -> list[Recipient]:
+    unique: dict[str, Recipient] = {}
+    for item in mail_to:
+        recipient = item if isinstance(item, Recipient) else Recipient(item)
+        unique.setdefault(recipient.mail, recipient)
+    return list(unique.values())
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What a verification mail says; rendered once per recipient (the greeting differs)."""
+
+    subject: str
+    user: str
+    company_name: str | None
+    domain: str
+    link: str
+    oldcompany_name: str | None = None  # set: "matched" mail; None: "added" mail
+
+    def _sentence(self, mark: Any) -> str:
+        company = f"{mark(self.company_name or '')} company (registered in the {self.domain} portal)"
+        if self.oldcompany_name is None:
+            return f"User {mark(self.user)} has added {company}. It did not match any of the old records."
+        return (
+            f"User {mark(self.user)} has matched {company} with the old record "
+            f"{mark(self.oldcompany_name)} (taken from BDR-Registry), based on suggestions made by the "
+            "system."
+        )
+
+    def render(self, recipient: Recipient) -> tuple[str, str]:
+        """(text, html) for one recipient."""
+        names = " ".join(n for n in (recipient.first_name, recipient.last_name) if n)
+        greeting = f"Dear {names}," if names else "Dear,"
+        text = (
+            f"{greeting}\n\n{self._sentence(lambda v: v)}\n\n"
+            f"You can see the company details here:\n{self.link}\n\nBest regards,\nBDR Help Desk\n"
+        )
+        link = html.escape(self.link)
+        body = (
+            f"<html><body>{html.escape(greeting)}<p>{self._sentence(lambda v: f'<b>{html.escape(v)}</b>')}"
+            f'<br>You can see the company details here: <a href="{link}">{link}</a></p>'
+            "<br>Best regards,<br>BDR Help Desk</body></html>"
+        )
+        return text, body
+
+
+def _queue_notice(
+    sql: Sql, bdr: BdrEndpointClient, log: Any, mail_to: Sequence[Recipient | str], notice: Notice
+) -> int:
+    if not bdr.enabled:
+        return 0  # legacy: no BDR_ENDPOINT_URL, no mail (its link would lead nowhere)
+    queued = 0
     # One mail per address, as the legacy service sent them: recipients never see each other.
-    return sum(
-        queue_mail(sql.conn, mail_key(log.id, log.timestamp, address), [address], subject, text)
-        for address in dict.fromkeys(mail_to)
-    )
+    for recipient in _recipients(mail_to):
+        text, body = notice.render(recipient)
+        key = mail_key(log.id, log.timestamp, recipient.mail)
+        queued += queue_mail(sql.conn, key, [recipient.mail], notice.subject, text, body)
+    return queued
 
 
 def _details_link(bdr: BdrEndpointClient, external_id: int, domain: str) -> str:
@@ -68,17 +137,20 @@ def _mark_verified(
     user: str,
     account: str | None,
     old_company: Any | None,
+    old_collection_id: str | None,
 ) -> Any:
     """The shared tail of verify / verify-none / manual: BDR first for companies that did not
     pass the checks (a BDR failure raises before anything is committed), then the row and log.
-    Returns the log row (id, timestamp)."""
+    ``old_collection_id`` is sent to BDR when not None. Returns the log row (id, timestamp)."""
     if not undertaking.check_passed:
         result = bdr.update_company_collection(
             undertaking.external_id,
             undertaking.domain,
-            undertaking.country_code or "NON_EU",
+            # Legacy: NON_EU only for a non-EU company without representative; otherwise the
+            # derived country, and none at all (the parameter left out) when there is none.
+            "NON_EU" if undertaking.non_eu else undertaking.country_code,
             undertaking.name,
-            account,
+            old_collection_id,
         )
         if not result.ok:
             raise OperatorError(
@@ -109,9 +181,12 @@ def _mark_verified(
 
 def find_undertaking(sql: Sql, external_id: int, domain: str | None) -> Any:
     rows = sql.all(
-        "SELECT id, external_id, domain, name, country_code, check_passed, oldcompany_verified, "
-        "oldcompany_id, oldcompany_account "
-        "FROM registry.undertaking WHERE external_id = :e AND (:d IS NULL OR domain = :d)",
+        "SELECT u.id, u.external_id, u.domain, u.name, u.country_code, u.check_passed, u.oldcompany_verified, "
+        "u.oldcompany_id, u.oldcompany_account, "
+        "(u.represent_id IS NULL AND c.type IS NOT DISTINCT FROM 'NONEU_TYPE') AS non_eu "
+        "FROM registry.undertaking u LEFT JOIN registry.address a ON a.id = u.address_id "
+        "LEFT JOIN registry.country c ON c.id = a.country_id "
+        "WHERE u.external_id = :e AND (:d IS NULL OR u.domain = :d)",
         {"e": external_id, "d": domain.upper() if domain else None},
     )
     if not rows:
@@ -129,18 +204,33 @@ def verify(
     oldcompany_external_id: int,
     user: str,
     domain: str | None = None,
-    mail_to: Sequence[str] = (),
+    mail_to: Sequence[Recipient | str] = (),
+    obligation: str | None = None,
 ) -> Outcome:
-    """Confirm the proposed link between an undertaking and an old company."""
+    """Confirm the proposed link between an undertaking and an old company (BDR pk).
+
+    One BDR company listed under both obligations is two ``old_company`` rows; ``obligation``
+    names the one meant. Without it the row of the undertaking's own domain is taken, else the
+    oldest: the same answer every time.
+    """
     undertaking = find_undertaking(sql, external_id, domain)
     rows = sql.all(
-        "SELECT o.id, o.external_id, o.account FROM registry.old_company_link l "
-        "JOIN registry.old_company o ON o.id = l.oldcompany_id WHERE l.undertaking_id = :u AND o.external_id = :o",
-        {"u": undertaking.id, "o": oldcompany_external_id},
+        "SELECT o.id, o.external_id, o.account, o.name, o.obligation FROM registry.old_company_link l "
+        "JOIN registry.old_company o ON o.id = l.oldcompany_id "
+        "WHERE l.undertaking_id = :u AND o.external_id = :o "
+        "AND (CAST(:obl AS text) IS NULL OR upper(trim(o.obligation)) = :obl) "
+        "ORDER BY upper(trim(o.obligation)) = :domain DESC, o.id",
+        {
+            "u": undertaking.id,
+            "o": oldcompany_external_id,
+            "obl": obligation.strip().upper() if obligation else None,
+            "domain": undertaking.domain,
+        },
     )
     if not rows:
+        under = f" under {obligation.strip().upper()}" if obligation else ""
         raise OperatorError(
-            f"{undertaking.domain} {external_id} has no proposed link to old company {oldcompany_external_id}"
+            f"{undertaking.domain} {external_id} has no proposed link to old company {oldcompany_external_id}{under}"
         )
     old = rows[0]
     if undertaking.oldcompany_verified and undertaking.oldcompany_id == old.id:
@@ -150,16 +240,17 @@ def verify(
         "WHERE undertaking_id = :u AND oldcompany_id = :o",
         {"u": undertaking.id, "o": old.id},
     )
-    log = _mark_verified(sql, bdr, undertaking, user, old.account, old)
-    queued = _queue_notice(
-        sql,
-        log,
-        mail_to,
-        "BDR - New Company matched",
-        f"{undertaking.domain} company {undertaking.name} ({external_id}) was matched by {user} with old "
-        f"company {old.external_id} (collection {old.account}).\n{_details_link(bdr, external_id, undertaking.domain)}",
+    # Legacy: the old collection is always named to BDR here (a NULL account leaves it out).
+    log = _mark_verified(sql, bdr, undertaking, user, old.account, old, old.account)
+    notice = Notice(
+        SUBJECT_MATCHED,
+        user,
+        undertaking.name,
+        undertaking.domain,
+        _details_link(bdr, external_id, undertaking.domain),
+        oldcompany_name=old.name or "",
     )
-    return Outcome(True, log.id, queued)
+    return Outcome(True, log.id, _queue_notice(sql, bdr, log, mail_to, notice))
 
 
 def manual(
@@ -169,7 +260,7 @@ def manual(
     domain: str,
     account: str | None,
     user: str,
-    mail_to: Sequence[str] = (),
+    mail_to: Sequence[Recipient | str] = (),
 ) -> Outcome:
     """Verify an undertaking with an operator-given collection (``account``), or as new (None)."""
     undertaking = find_undertaking(sql, external_id, domain)
@@ -180,21 +271,24 @@ def manual(
         and (undertaking.oldcompany_account or None) == account
     ):
         return Outcome(changed=False)  # a re-run after the commit: BDR and the mail list were told
-    log = _mark_verified(sql, bdr, undertaking, user, account, None)
-    queued = _queue_notice(
-        sql,
-        log,
-        mail_to,
-        "BDR - New Company added",
-        f"{undertaking.domain} company {undertaking.name} ({external_id}) was verified by {user} "
-        f"{'with collection ' + account if account else 'as a new company'}.\n"
-        f"{_details_link(bdr, external_id, undertaking.domain)}",
+    log = _mark_verified(sql, bdr, undertaking, user, account, None, account)
+    notice = Notice(
+        SUBJECT_ADDED,
+        user,
+        undertaking.name,
+        undertaking.domain,
+        _details_link(bdr, external_id, undertaking.domain),
     )
-    return Outcome(True, log.id, queued)
+    return Outcome(True, log.id, _queue_notice(sql, bdr, log, mail_to, notice))
 
 
 def verify_none(
-    sql: Sql, bdr: BdrEndpointClient, external_id: int, domain: str, user: str, mail_to: Sequence[str] = ()
+    sql: Sql,
+    bdr: BdrEndpointClient,
+    external_id: int,
+    domain: str,
+    user: str,
+    mail_to: Sequence[Recipient | str] = (),
 ) -> Outcome:
     """Verify an undertaking as a new company (no old company)."""
     return manual(sql, bdr, external_id, domain, None, user, mail_to)
@@ -224,7 +318,11 @@ def unverify(sql: Sql, external_id: int, domain: str, user: str) -> Outcome:
 
 
 def flush(sql: Sql, user: str) -> int:
-    """Delete every proposed link (verified or not); undertakings keep their fields."""
-    deleted = sql.exec("DELETE FROM registry.old_company_link")
-    sql.exec('INSERT INTO registry.matching_log ("user", verified) VALUES (:user, NULL)', {"user": user})
-    return deleted
+    """Delete every proposed link (verified or not); undertakings keep their fields.
+
+    No ``matching_log`` row, as the legacy wrote none: that log lists verifications, and a row
+    without company would show up in its sync and matching logs. ``user`` is for the caller's
+    run log.
+    """
+    del user  # see the docstring
+    return sql.exec("DELETE FROM registry.old_company_link")

@@ -6,9 +6,13 @@
 * Operator patches: ``PATCH_COMPANIES`` (shallow merge), ``PATCH_GB_OLD_REPR`` and ``PATCH_USERS``.
 * Legacy BDR registry companies → :class:`OldCompany`.
 
-The legacy service let the ORM constructor explode on a malformed record, which lost the whole
-batch. Here every structural problem raises :class:`RecordRejected` with a short classified reason,
-so a pipeline can reject that one record and keep the others.
+Leniency follows the legacy service where it stored what it got: a key the parser does not know
+(the registry added a field) is ignored and listed in ``unknown_fields`` for the run's report, and
+the nulls the legacy stored (``name``, ``status``, ``eoriNumber``, ``registrationNumId``, ``eori``,
+an empty ``userName``) are stored. Where the legacy let the ORM constructor explode (a missing
+``id``, ``dateCreated``, ``contactPersons``, a bad date or contact type, a value of the wrong
+shape), which lost the whole batch, every such problem raises :class:`RecordRejected` with a short
+classified reason, so a pipeline can reject that one record and keep the others.
 """
 
 import re
@@ -67,12 +71,12 @@ _DOMAIN_KEYS = {
     # ODS: the EORI lives in `eoriNumber` and is stored as `vat`; a stray `vat` key is overwritten.
     ODS: _COMMON_KEYS | {"eoriNumber", "vat"},
 }
+# Keys whose null or absence the legacy parser could not get past (it raised, losing the batch);
+# `name` and `status` are not among them: the legacy stored their nulls.
 _REQUIRED_KEYS = (
     "id",
-    "name",
     "address",
     "domain",
-    "status",
     "dateCreated",
     "dateUpdated",
     "contactPersons",
@@ -91,6 +95,8 @@ _REPRESENTATIVE_KEYS = frozenset({"name", "address"}) | {
     alias for aliases in _REPRESENTATIVE_ALIASES.values() for alias in aliases
 }
 _CONTACT_KEYS = frozenset({"userName", "firstName", "lastName", "emailAddress", "type"})
+# Keys of a contact person the legacy parser popped without a default: their absence raised.
+_CONTACT_REQUIRED_KEYS = ("userName", "firstName", "lastName", "emailAddress")
 _PATCH_USER_KEYS = frozenset({"username", "first_name", "last_name", "email", "type"})
 _OLD_COMPANY_KEYS = frozenset(
     {
@@ -158,13 +164,19 @@ class Representative:
 
 @dataclass(frozen=True, slots=True)
 class ContactPerson:
-    """Registry user allowed to report for an undertaking; identity is ``username``."""
+    """Registry user allowed to report for an undertaking.
+
+    The stored user is found by ``username``, else by ``email`` (legacy rule, see
+    ``store.undertakings``). ``has_type`` tells whether the payload carried a ``type`` key at all:
+    the legacy only overwrote a known user's type when it did.
+    """
 
     username: str
     first_name: str | None
     last_name: str | None
     email: str | None
     type: str | None = None
+    has_type: bool = field(default=False, compare=False)
 
     @property
     def ecas_id(self) -> str | None:
@@ -183,23 +195,25 @@ class Undertaking:
 
     external_id: int
     domain: str
-    registration_id: str
-    name: str
+    registration_id: str | None
+    name: str | None
     address: Address
     website: str | None
     phone: str | None
-    status: str
+    status: str | None
     date_created: date
     date_updated: date
     undertaking_type: str
     vat: str | None
-    eori_number: str
+    eori_number: str | None
     represent: Representative | None
     contact_persons: tuple[ContactPerson, ...]
     types: tuple[str, ...]
     business_profiles: tuple[BusinessProfileRef, ...]
     unknown_types: tuple[str, ...] = field(default=())
     unknown_business_profiles: tuple[str, ...] = field(default=())
+    # Payload keys nobody reads (``address.floor``, ``contactPersons[].role`` ...), for the report.
+    unknown_fields: tuple[str, ...] = field(default=())
 
     @property
     def country_code_orig(self) -> str:
@@ -221,6 +235,7 @@ class OldCompany:
     website: str | None
     date_registered: datetime | None
     obligation: str
+    unknown_fields: tuple[str, ...] = field(default=())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,7 +246,17 @@ def _missing(path: str) -> RecordRejected:
     return RecordRejected(f"missing {path}", "missing_field")
 
 
+def _note_unknown(
+    obj: Mapping[str, Any], allowed: Iterable[str], prefix: str, unknown: list[str] | None
+) -> None:
+    """Collect the keys nobody reads (the registry added a field): ignored, as the legacy's store
+    ignored them, but listed so that the run reports them."""
+    if unknown is not None:
+        unknown.extend(f"{prefix}{k}" for k in sorted(str(k) for k in obj if k not in allowed))
+
+
 def _check_keys(obj: Mapping[str, Any], allowed: Iterable[str], prefix: str = "") -> None:
+    """Strict variant for the operator's own patch file, where an unknown key is a typo."""
     unknown = sorted(str(k) for k in obj if k not in allowed)
     if unknown:
         names = ", ".join(f"'{prefix}{k}'" for k in unknown)
@@ -300,13 +325,13 @@ def high_level_uses(business_profile: Any) -> list[tuple[str, str]] | None:
 # undertakings
 
 
-def parse_country(raw: Any, path: str) -> Country:
-    """Parse an address ``country`` object (``code`` required)."""
+def parse_country(raw: Any, path: str, unknown: list[str] | None = None) -> Country:
+    """Parse an address ``country`` object (``code`` required); unknown keys go to ``unknown``."""
     if raw is None:
         raise _missing(path)
     if not isinstance(raw, Mapping):
         raise RecordRejected(f"bad value in {path}: expected an object")
-    _check_keys(raw, _COUNTRY_KEYS, f"{path}.")
+    _note_unknown(raw, _COUNTRY_KEYS, f"{path}.", unknown)
     code = _opt_str(raw, "code", f"{path}.code")
     if not code:
         raise _missing(f"{path}.code")
@@ -315,23 +340,23 @@ def parse_country(raw: Any, path: str) -> Country:
     )
 
 
-def parse_address(raw: Any, path: str = "address") -> Address:
+def parse_address(raw: Any, path: str = "address", unknown: list[str] | None = None) -> Address:
     """Parse an ``address`` object; ``zipCode`` becomes ``zipcode``."""
     if raw is None:
         raise _missing(path)
     if not isinstance(raw, Mapping):
         raise RecordRejected(f"bad value in {path}: expected an object")
-    _check_keys(raw, _ADDRESS_KEYS, f"{path}.")
+    _note_unknown(raw, _ADDRESS_KEYS, f"{path}.", unknown)
     return Address(
         street=_opt_str(raw, "street", f"{path}.street"),
         number=_opt_str(raw, "number", f"{path}.number"),
         zipcode=_opt_str(raw, "zipCode", f"{path}.zipCode"),
         city=_opt_str(raw, "city", f"{path}.city"),
-        country=parse_country(raw.get("country"), f"{path}.country"),
+        country=parse_country(raw.get("country"), f"{path}.country", unknown),
     )
 
 
-def parse_representative(raw: Any) -> Representative | None:
+def parse_representative(raw: Any, unknown: list[str] | None = None) -> Representative | None:
     """Parse ``euLegalRepresentativeCompany`` (camelCase or the snake_case of patches).
 
     Null or ``{}`` means no representative, as in the legacy parser; missing text fields become "".
@@ -341,35 +366,39 @@ def parse_representative(raw: Any) -> Representative | None:
         return None
     if not isinstance(raw, Mapping):
         raise RecordRejected(f"bad value in {path}: expected an object")
-    _check_keys(raw, _REPRESENTATIVE_KEYS, f"{path}.")
+    _note_unknown(raw, _REPRESENTATIVE_KEYS, f"{path}.", unknown)
     values: dict[str, str] = {}
     for target, aliases in _REPRESENTATIVE_ALIASES.items():
         # First non-empty alias wins, like `pop(camel, "") or pop(snake, "")` did.
         values[target] = next((v for a in aliases if (v := _opt_str(raw, a, f"{path}.{a}"))), "")
     return Representative(
         name=_opt_str(raw, "name", f"{path}.name"),
-        address=parse_address(raw.get("address"), f"{path}.address"),
+        address=parse_address(raw.get("address"), f"{path}.address", unknown),
         **values,
     )
 
 
-def parse_contact_person(raw: Any, path: str = "contactPersons[0]") -> ContactPerson:
-    """Parse one registry contact person (``userName`` required, ``type`` validated)."""
+def parse_contact_person(
+    raw: Any, path: str = "contactPersons[0]", unknown: list[str] | None = None
+) -> ContactPerson:
+    """Parse one registry contact person (the four name/e-mail keys present, ``type`` validated).
+
+    An empty or null ``userName`` is stored as "" like the legacy did (the ODS checks flag it); it
+    does not reject the company.
+    """
     if not isinstance(raw, Mapping):
         raise RecordRejected(f"bad value in {path}: expected an object")
-    _check_keys(raw, _CONTACT_KEYS, f"{path}.")
-    for key in ("userName", "firstName", "lastName", "emailAddress"):
+    _note_unknown(raw, _CONTACT_KEYS, f"{path}.", unknown)
+    for key in _CONTACT_REQUIRED_KEYS:
         if key not in raw:
             raise _missing(f"{path}.{key}")
-    username = _opt_str(raw, "userName", f"{path}.userName")
-    if not username:
-        raise _missing(f"{path}.userName")
     return ContactPerson(
-        username=username,
+        username=_opt_str(raw, "userName", f"{path}.userName") or "",
         first_name=_opt_str(raw, "firstName", f"{path}.firstName"),
         last_name=_opt_str(raw, "lastName", f"{path}.lastName"),
         email=_opt_str(raw, "emailAddress", f"{path}.emailAddress"),
         type=_contact_type(raw.get("type")),
+        has_type="type" in raw,
     )
 
 
@@ -403,6 +432,7 @@ def parse_patch_users(entries: Sequence[Mapping[str, Any]] | None) -> list[Conta
                 last_name=_opt_str(raw, "last_name", f"{path}.last_name"),
                 email=_opt_str(raw, "email", f"{path}.email"),
                 type=_contact_type(raw.get("type")),
+                has_type="type" in raw,
             )
         )
     return persons
@@ -441,8 +471,9 @@ def parse_undertaking(
     """Parse one (already patched) FGAS/ODS undertaking record into an :class:`Undertaking`.
 
     ``extra_contact_persons`` (from :func:`parse_patch_users`) are appended to the payload's
-    persons. Raises :class:`RecordRejected` for unknown keys, missing required fields (``eoriNumber``
-    for ODS), bad dates, bad contact types and wrongly typed values.
+    persons. Raises :class:`RecordRejected` for missing required fields (the ``eoriNumber`` key for
+    ODS; its null is stored), bad dates, bad contact types and wrongly typed values. Keys it does not
+    know are ignored and listed in ``unknown_fields``.
     """
     if not isinstance(raw, Mapping):
         raise RecordRejected("bad value in record: expected an object")
@@ -453,22 +484,28 @@ def parse_undertaking(
         raise _missing("domain")
     if domain not in DOMAINS:
         raise RecordRejected(f"bad value in domain: {domain!r}")
-    _check_keys(raw, _DOMAIN_KEYS[domain])
-    for key in _REQUIRED_KEYS + (("eoriNumber",) if domain == ODS else ()):
+    unknown: list[str] = []
+    _note_unknown(raw, _DOMAIN_KEYS[domain], "", unknown)
+    for key in _REQUIRED_KEYS:
         if raw.get(key) is None:
             raise _missing(key)
+    # The legacy read the ODS EORI without a default: its absence raised, its null was stored.
+    if domain == ODS and "eoriNumber" not in raw:
+        raise _missing("eoriNumber")
 
     external_id = _parse_int(raw["id"], "id")
-    name = _opt_str(raw, "name", "name") or ""
-    status = _opt_str(raw, "status", "status") or ""
-    address = parse_address(raw["address"])
+    name = _opt_str(raw, "name", "name")
+    status = _opt_str(raw, "status", "status")
+    address = parse_address(raw["address"], unknown=unknown)
     date_created = parse_registry_date(raw["dateCreated"], "dateCreated")
     date_updated = parse_registry_date(raw["dateUpdated"], "dateUpdated")
 
     contacts_raw = raw["contactPersons"]
     if not isinstance(contacts_raw, list):
         raise RecordRejected("bad value in contactPersons: expected a list")
-    contacts = [parse_contact_person(cp, f"contactPersons[{i}]") for i, cp in enumerate(contacts_raw)]
+    contacts = [
+        parse_contact_person(cp, f"contactPersons[{i}]", unknown) for i, cp in enumerate(contacts_raw)
+    ]
     contacts.extend(extra_contact_persons)
 
     types_raw = raw["types"]
@@ -493,12 +530,15 @@ def parse_undertaking(
         represent = None
     else:
         vat = _opt_str(raw, "vat", "vat")
-        represent = parse_representative(raw.get("euLegalRepresentativeCompany"))
+        represent = parse_representative(raw.get("euLegalRepresentativeCompany"), unknown)
 
     return Undertaking(
         external_id=external_id,
         domain=domain,
-        registration_id=_opt_str(raw, "registrationNumId", "registrationNumId") or "",
+        # Absent → "" (the legacy's default), null → NULL (the legacy stored it).
+        registration_id=_opt_str(raw, "registrationNumId", "registrationNumId")
+        if "registrationNumId" in raw
+        else "",
         name=name,
         address=address,
         website=_opt_str(raw, "website", "website"),
@@ -508,40 +548,49 @@ def parse_undertaking(
         date_updated=date_updated,
         undertaking_type=f"{domain}Undertaking",
         vat=vat,
-        eori_number=_opt_str(raw, "eori", "eori") or "",
+        eori_number=_opt_str(raw, "eori", "eori") if "eori" in raw else "",
         represent=represent,
         contact_persons=tuple(contacts),
         types=types,
         business_profiles=tuple(profiles),
         unknown_types=unknown_types,
         unknown_business_profiles=_dedupe(unknown_profiles),
+        unknown_fields=_dedupe(_generic_path(u) for u in unknown),
     )
+
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def _generic_path(path: str) -> str:
+    """``contactPersons[3].role`` → ``contactPersons[].role``: one line per field in the report."""
+    return _INDEX.sub("[]", path)
 
 
 # --------------------------------------------------------------------------------------------------
 # legacy BDR registry ("old companies")
 
 # The registry formats date_registered with "%Y/%m/%d %H:%I:%s": 24h hour, then the 12h hour,
-# then epoch seconds. The legacy cache parsed the first two as "%H:%M", so the stored "minute" is
-# really the 12-hour hour. We keep that value for compatibility but drop the epoch by pattern
-# rather than by a fixed 11-character cut, which breaks for epochs that are not 10 digits long.
-_BDR_DATE = re.compile(r"^(\d{4}/\d{1,2}/\d{1,2} \d{1,2}:\d{1,2})(?::\d+)?$")
+# then epoch seconds. The legacy cache cut the last 11 characters (":" and a 10-digit epoch) and
+# parsed the rest as "%Y/%m/%d %H:%M", so the stored "minute" is really the 12-hour hour. Kept
+# exactly, fixed cut included: with a 9-digit epoch (before September 2001) the cut eats one digit
+# of the 12-hour hour ("2001/01/02 09:09:978426000" → 09:00), and the old companies' dates must
+# be the ones the legacy showed.
+_BDR_DATE_CUT = 11
 
 
 def parse_bdr_date_registered(value: Any) -> datetime | None:
-    """Parse the BDR ``date_registered`` string with the legacy rule (None when empty).
+    """Parse the BDR ``date_registered`` string with the legacy rule (None when null or empty).
 
     ``"2013/05/02 14:02:1367503320"`` → ``datetime(2013, 5, 2, 14, 2)``.
     """
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        match = _BDR_DATE.match(value.strip())
-        if match:
-            try:
-                return datetime.strptime(match.group(1), "%Y/%m/%d %H:%M")
-            except ValueError:
-                pass
+        try:
+            return datetime.strptime(value[:-_BDR_DATE_CUT], "%Y/%m/%d %H:%M")
+        except ValueError:
+            pass
     raise RecordRejected(f"bad date in date_registered: {value!r}", "bad_date")
 
 
@@ -555,11 +604,12 @@ def parse_old_company(raw: Mapping[str, Any], obligation: str) -> OldCompany:
     """Parse one BDR registry company; ``obligation`` is the configured domain string it came from.
 
     The ``addr_*`` fields are dropped (the cache never stored them); ``country.code`` becomes
-    ``country_code``.
+    ``country_code``. Keys it does not know are ignored and listed in ``unknown_fields``.
     """
     if not isinstance(raw, Mapping):
         raise RecordRejected("bad value in record: expected an object")
-    _check_keys(raw, _OLD_COMPANY_KEYS)
+    unknown: list[str] = []
+    _note_unknown(raw, _OLD_COMPANY_KEYS, "", unknown)
     if raw.get("pk") is None:
         raise _missing("pk")
     country = raw.get("country")
@@ -579,4 +629,5 @@ def parse_old_company(raw: Mapping[str, Any], obligation: str) -> OldCompany:
         website=_opt_str(raw, "website", "website"),
         date_registered=parse_bdr_date_registered(raw.get("date_registered")),
         obligation=obligation,
+        unknown_fields=tuple(unknown),
     )

@@ -83,16 +83,17 @@ class ReferenceTables:
     ) -> BusinessProfileRef | None:
         """The business-profile row for (code, domain), or None when unknown.
 
-        Some codes appear twice with different short codes (ILAB/PLAB); when the payload gives a
-        short code we use it to pick the right row, otherwise the lowest id wins like the legacy
-        ``.first()`` lookup.
+        The lowest id wins, exactly like the legacy lookup on (highleveluses, domain): some codes
+        appear twice with different short codes (ILAB id 25 / PLAB id 39), and the legacy linked
+        the first row whatever short code the payload named, so a PLAB payload links the ILAB row.
+        ``short_code`` is accepted for the callers' convenience and deliberately not used: the
+        cache must link the rows BDR already sees.
         """
-        matches = [p for p in self.business_profiles if p.highleveluses == code and p.domain == domain]
-        if short_code:
-            exact = [p for p in matches if p.short_code == short_code]
-            if exact:
-                return exact[0]
-        return matches[0] if matches else None
+        del short_code  # see the docstring: the legacy lookup ignored it
+        for profile in self.business_profiles:  # sorted by id (fixture_rows)
+            if profile.highleveluses == code and profile.domain == domain:
+                return profile
+        return None
 
     def country_alpha2(self, english_name: str | None) -> str | None:
         """ISO alpha-2 for an English country short name (case-insensitive), None when unknown."""

@@ -95,6 +95,12 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _one_of(value: Any, allowed: Collection[str]) -> bool:
+    """``value in allowed`` that never raises: a list or object in ``status`` is unhashable, and
+    a check must report it as a failure of that record, not crash the domain's batch."""
+    return isinstance(value, str) and value in allowed
+
+
 def _str_list(value: Any) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
@@ -131,7 +137,7 @@ def check_fgas(
         failures.append("NONEU_TYPE and AMBIGUOUS_TYPE companies must have a representative.")
     if types == [FGAS_MANUFACTURER_ONLY_TYPE]:
         failures.append("Equipment manufacturers only have no reporting obligations.")
-    if raw.get("status") not in FGAS_ACCEPTED_STATUSES:
+    if not _one_of(raw.get("status"), FGAS_ACCEPTED_STATUSES):
         failures.append(
             f"Organisation status {raw.get('status')!r} is not VALID, REVISION or REPORTING_ONLY."
         )
@@ -169,7 +175,7 @@ def check_ods(
     failures.extend(f"Organisation {f} field is missing." for f in _ODS_REQUIRED_FIELDS if not raw.get(f))
     if raw.get("domain") != ODS:
         failures.append("Organisation domain is not ODS.")
-    if raw.get("status") not in ODS_ACCEPTED_STATUSES:
+    if not _one_of(raw.get("status"), ODS_ACCEPTED_STATUSES):
         failures.append(f"Organisation status {raw.get('status')!r} is not VALID or REVISION.")
 
     country = _mapping(raw.get("address")).get("country")

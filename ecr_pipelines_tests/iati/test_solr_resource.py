@@ -11,6 +11,7 @@ from ecr_pipelines.dev.standins.solr import SolrStandIn
 from ecr_pipelines.iati.defs.resources import SolrResource, build_iati_resources, build_solr_resource
 from ecr_pipelines.iati.solr import (
     DEFAULT_COLLECTION_NAMES,
+    LEGACY_COLLECTION_NAMES,
     SolrClient,
     SolrRejected,
     SolrUnavailable,
@@ -20,6 +21,7 @@ from ecr_pipelines.iati.solr_docs import COLLECTIONS
 
 ENV = (
     "SOLR_URL",
+    "SOLR_API_URL",
     "SOLR_ACTIVITY_COLLECTION",
     "SOLR_TRANSACTION_COLLECTION",
     "SOLR_BUDGET_COLLECTION",
@@ -100,6 +102,51 @@ def test_the_environment_configures_names_auth_and_limits(no_solr_env: pytest.Mo
     no_solr_env.setenv("SOLR_BATCH_SIZE", "many")
     with pytest.raises(ValueError, match="SOLR_BATCH_SIZE"):
         build_solr_resource()
+
+
+def test_the_refreshers_solr_settings_still_work(no_solr_env: pytest.MonkeyPatch) -> None:
+    """Issue 11 item 12: a deployment that only carries the refresher's SOLR_API_URL (pysolr URL =
+    SOLR_API_URL + "<name>_solrize/") indexes into the refresher's collections; SOLR_URL and the
+    collection variables win when set."""
+    assert LEGACY_COLLECTION_NAMES == {
+        "activity": "activity_solrize",
+        "transaction": "transaction_solrize",
+        "budget": "budget_solrize",
+    }
+    no_solr_env.setenv("SOLR_API_URL", "https://solr.example/solr/")
+    legacy = build_solr_resource()
+    assert isinstance(legacy.url, dg.EnvVar) and legacy.url == "SOLR_API_URL"  # a secret, shown by name
+    with dg.build_resources({"solr": legacy}) as built:
+        bound = built.solr
+    assert bound.url == "https://solr.example/solr/" and bound.configured
+    assert bound.collection_names == LEGACY_COLLECTION_NAMES
+    # The same URLs the refresher's pysolr used: no doubled or missing slash.
+    assert bound.client().describe() == (
+        "https://solr.example/solr (activity=activity_solrize, transaction=transaction_solrize, "
+        "budget=budget_solrize)"
+    )
+    assert bound.client()._cores["budget"].url == "https://solr.example/solr/budget_solrize"
+
+    no_solr_env.setenv("SOLR_BUDGET_COLLECTION", "budget_v2")
+    renamed = build_solr_resource()
+    assert renamed.collection_names == {**LEGACY_COLLECTION_NAMES, "budget": "budget_v2"}
+
+    no_solr_env.setenv("SOLR_URL", "http://new.example/solr")
+    new = build_solr_resource()
+    assert new.url == "SOLR_URL"  # SOLR_URL wins, and with it the new default names
+    assert new.collection_names == {**DEFAULT_COLLECTION_NAMES, "budget": "budget_v2"}
+
+
+def test_indexing_with_only_the_refreshers_settings(no_solr_env: pytest.MonkeyPatch) -> None:
+    names = {"activity_solrize": "activity", "transaction_solrize": "transaction", "budget_solrize": "budget"}
+    with SolrStandIn(names) as server:
+        no_solr_env.setenv("SOLR_API_URL", server.url + "/")  # the refresher's form, trailing slash
+        with dg.build_resources({"solr": build_solr_resource()}) as built:
+            resource = built.solr
+            for collection in COLLECTIONS:
+                resource.add(collection, [entry(1)])
+            resource.commit()
+        assert all([d["id"] for d in server.documents(name)] == ["D1-1"] for name in names)
 
 
 def test_delete_add_and_commit_across_the_three_collections(solr: SolrStandIn) -> None:

@@ -19,6 +19,32 @@ from ecr_pipelines.iati.solr_docs import COLLECTIONS
 
 FIELDS_TSV = Path(__file__).resolve().parents[2] / "ecr_pipelines" / "iati" / "solr_fields" / "fields.tsv"
 
+# The Datastore's dynamic fields (IATI/datastore-solr-configs managed-schema), in its order.
+DATASTORE_DYNAMIC_FIELDS = [
+    "*_i",
+    "*_is",
+    "*_s",
+    "*_ss",
+    "*_l",
+    "*_ls",
+    "*_t",
+    "*_txt",
+    "*_b",
+    "*_bs",
+    "*_f",
+    "*_fs",
+    "*_d",
+    "*_ds",
+    "random_*",
+    "ignored_*",
+    "*_str",
+    "*_dt",
+    "*_dts",
+    "*_p",
+    "*_srpt",
+    "attr_*",
+]
+
 MINIMAL_SCHEMA = """<?xml version="1.0" encoding="UTF-8"?>
 <schema name="t" version="1.6">
   <uniqueKey>id</uniqueKey>
@@ -88,10 +114,17 @@ def test_the_configsets_are_the_field_table() -> None:
                 assert (element.get(flag) or "") == r[flag], (collection, r["name"], flag)
         types = {t.get("name") for t in root.iter("fieldType")}
         assert {r["type"] for r in table} <= types
+        assert {d.get("type") for d in root.iter("dynamicField")} <= types
         assert root.findtext("uniqueKey") == "id"
-        assert [(d.get("name"), d.get("indexed"), d.get("stored")) for d in root.iter("dynamicField")] == [
-            ("*", "false", "true")
-        ]
+        # Solr's default dynamic fields, as in the Datastore's configsets, then the catch-all.
+        dynamic = [d.get("name") for d in root.iter("dynamicField")]
+        assert dynamic == DATASTORE_DYNAMIC_FIELDS + ["*"]
+        catch_all = root.findall("dynamicField")[-1]
+        assert (catch_all.get("type"), catch_all.get("indexed"), catch_all.get("stored")) == (
+            "text_general",
+            "false",
+            "true",
+        )
         assert {(c.get("source"), c.get("dest")) for c in root.iter("copyField")} == {
             ("*_narrative", "iati_text"),
             ("iati_identifier", "iati_identifier_exact"),
@@ -102,6 +135,99 @@ def test_the_configsets_are_the_field_table() -> None:
         assert config.findtext("updateHandler/autoCommit/openSearcher") == "false"
         assert config.findtext("updateHandler/autoSoftCommit/maxTime").endswith(":-1}")
     assert (CONFIGSETS / "README.md").is_file()
+
+
+def analysis(root: etree._Element, type_name: str) -> dict[str, list[tuple[str, dict[str, str]]]]:
+    (field_type,) = [t for t in root.iter("fieldType") if t.get("name") == type_name]
+    return {
+        analyzer.get("type"): [
+            (step.get("name"), {k: v for k, v in step.attrib.items() if k != "name"}) for step in analyzer
+        ]
+        for analyzer in field_type.iter("analyzer")
+    }
+
+
+def handler(config: etree._Element, name: str) -> dict[str, dict[str, str]]:
+    (element,) = [h for h in config.iter("requestHandler") if h.get("name") == name]
+    assert element.get("class") == "solr.SearchHandler"
+    return {lst.get("name"): {item.get("name"): item.text for item in lst} for lst in element.findall("lst")}
+
+
+def test_the_configsets_analyse_text_and_answer_queries_as_the_datastore() -> None:
+    """Issue 11 item 11: the Datastore's text analysis and request handlers."""
+    with FIELDS_TSV.open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    for collection in COLLECTIONS:
+        conf = CONFIGSETS / collection / "conf"
+        schema = etree.parse(str(conf / "managed-schema.xml")).getroot()
+        # Stop words, lower case; synonyms (expanded) at query time only. The files must exist or
+        # Solr refuses to load the core.
+        for type_name in ("text_general", "text_gen_sort"):
+            chain = analysis(schema, type_name)
+            assert [step for step, _ in chain["index"]] == ["standard", "stop", "lowercase"]
+            assert [step for step, _ in chain["query"]] == ["standard", "stop", "synonymGraph", "lowercase"]
+            assert chain["query"][2][1] == {
+                "synonyms": "synonyms.txt",
+                "ignoreCase": "true",
+                "expand": "true",
+            }
+            assert chain["index"][1][1] == {"ignoreCase": "true", "words": "stopwords.txt"}
+        assert (conf / "stopwords.txt").is_file() and (conf / "synonyms.txt").is_file()
+        words = [
+            line for line in (conf / "stopwords.txt").read_text().splitlines() if line and line[0] != "#"
+        ]
+        assert words == []  # the Datastore drops no word
+
+        # /select and /search return the Datastore's default field list: the fields generated from
+        # the IATI Standard (everything from dataset_version on), not id, iati_xml or iati_json.
+        config = etree.parse(str(conf / "solrconfig.xml")).getroot()
+        names = [r["name"] for r in rows if r["collection"] == collection]
+        generated = names[names.index("dataset_version") :]
+        select = handler(config, "/select")
+        assert select["defaults"]["fl"].split(",") == generated
+        assert {"id", "iati_xml", "iati_json", "iati_activities_document_id"}.isdisjoint(generated)
+        assert select["defaults"]["rows"] == "10"
+        search = handler(config, "/search")
+        assert (search["defaults"]["defType"], search["defaults"]["df"]) == ("edismax", "iati_text")
+        assert search["defaults"]["fl"] == select["defaults"]["fl"]
+        query = handler(config, "/query")
+        assert (query["defaults"]["wt"], query["defaults"]["indent"]) == ("json", "true")
+        assert "fl" not in query["defaults"]
+        iati_handlers = {h.get("name") for h in config.iter("requestHandler")} & {"/iati", "/iati_json"}
+        if collection != "activity":
+            assert iati_handlers == set()  # no iati_xml / iati_json there
+            continue
+        assert handler(config, "/iati")["invariants"] == {
+            "fl": "iati_xml,datetime:[value v=NOW t=date]",
+            "wt": "xslt",
+            "tr": "iati_xml.xsl",
+        }
+        assert handler(config, "/iati_json")["invariants"] == {"fl": "iati_json:[json]", "wt": "json"}
+        (writer,) = config.iter("queryResponseWriter")
+        assert (writer.get("name"), writer.get("startup")) == ("xslt", "lazy")
+        assert (conf / "xslt" / "iati_xml.xsl").is_file()
+
+
+def test_the_iati_handler_answers_one_iati_activities_file() -> None:
+    """The /iati stylesheet on a small Solr XML answer: the activities' stored XML, unescaped,
+    inside one <iati-activities version="2.03"> stamped with the request time, as the Datastore."""
+    stylesheet = etree.XSLT(etree.parse(str(CONFIGSETS / "activity" / "conf" / "xslt" / "iati_xml.xsl")))
+    answer = etree.fromstring(
+        b'<response><result name="response" numFound="2" start="0">'
+        b'<doc><str name="iati_xml">&lt;iati-activity&gt;&lt;iati-identifier&gt;A&lt;/iati-identifier&gt;'
+        b'&lt;/iati-activity&gt;</str><date name="datetime">2024-06-20T07:10:15.123Z</date></doc>'
+        b'<doc><str name="iati_xml">&lt;iati-activity&gt;&lt;iati-identifier&gt;B&lt;/iati-identifier&gt;'
+        b'&lt;/iati-activity&gt;</str><date name="datetime">2024-06-20T07:10:15.123Z</date></doc>'
+        b"</result></response>"
+    )
+    out = etree.fromstring(bytes(stylesheet(answer)))
+    assert out.tag == "iati-activities"
+    assert dict(out.attrib) == {"version": "2.03", "generated-datetime": "2024-06-20T07:10:15.123Z"}
+    assert [a.findtext("iati-identifier") for a in out] == ["A", "B"]
+    empty = etree.fromstring(
+        bytes(stylesheet(etree.fromstring(b'<response><result numFound="0"/></response>')))
+    )
+    assert (empty.tag, len(empty)) == ("iati-activities", 0)
 
 
 def test_the_schema_resolves_field_properties_and_dynamic_fields(tmp_path: Path) -> None:
@@ -115,6 +241,23 @@ def test_the_schema_resolves_field_properties_and_dynamic_fields(tmp_path: Path)
         True,
         True,
     )
+    # The Datastore's typed dynamic fields: longest pattern first, then the schema's order
+    # (attr_x_srpt matches *_srpt and attr_*, both six characters: *_srpt comes first).
+    assert [pattern for pattern, _ in schema.dynamic_fields][-1] == "*"
+    kinds = {
+        name: (found.type.cls, found.multi_valued)
+        for name in ("count_i", "notes_t", "notes_txt", "tags_ss", "when_dt", "attr_x", "attr_x_srpt")
+        if (found := schema.field(name)) is not None
+    }
+    assert kinds == {
+        "count_i": ("IntPointField", False),
+        "notes_t": ("TextField", False),
+        "notes_txt": ("TextField", False),
+        "tags_ss": ("StrField", True),
+        "when_dt": ("DatePointField", False),
+        "attr_x": ("TextField", True),
+        "attr_x_srpt": ("SpatialRecursivePrefixTreeFieldType", False),
+    }
     (tmp_path / "t" / "conf").mkdir(parents=True)
     (tmp_path / "t" / "conf" / "managed-schema.xml").write_text(MINIMAL_SCHEMA, encoding="utf-8")
     small = Schema.load(tmp_path / "t" / "conf" / "managed-schema.xml")
@@ -277,6 +420,92 @@ def test_the_production_schema_stores_extension_keys_but_does_not_search_them(cl
     (stored,) = clean.documents("activity")
     assert stored["usg_treasury_main_account_code"] == ["95"] and stored["{http_//e/ns}ext"] == ["x"]
     assert activity.search("usg_treasury_main_account_code:95").hits == 0  # indexed="false"
+
+
+def test_typed_dynamic_fields_refuse_and_keep_values_as_the_datastore(clean: SolrStandIn) -> None:
+    """Issue 11 item 11: a key the field table does not list is typed by Solr's default dynamic
+    fields, as in the Datastore: a value of the wrong kind refuses the document."""
+    activity = core(clean, "activity")
+    assert "Error adding field 'count_i'='many'" in refused(activity, [doc(1, count_i="many")])
+    assert "multiple values encountered for non multiValued field notes_t" in refused(
+        activity, [doc(1, notes_t=["a", "b"])]
+    )
+    assert "Invalid Date String" in refused(activity, [doc(1, when_dt="2024-06-20")])
+    assert "out of range" in refused(activity, [doc(1, where_p="91,0")])
+    # A boolean takes any text (only t… / 1… is true); a long no decimal.
+    assert "Error adding field 'size_l'='1.5'" in refused(activity, [doc(1, flag_b="no", size_l="1.5")])
+    activity.add(
+        [
+            doc(
+                1,
+                count_i="7",
+                tags_ss=["a", "b"],
+                when_dt="2024-06-20T00:00:00Z",
+                where_p="1.5,2.5",
+                area_srpt="3 4",
+                flag_b="yes",
+                ignored_note="dropped",
+                random_1="never shown",
+                usg_treasury_main_account_code="95",
+            )
+        ],
+        commit=True,
+    )
+    (stored,) = clean.documents("activity")
+    assert {k: stored[k] for k in ("count_i", "tags_ss", "when_dt", "where_p", "area_srpt", "flag_b")} == {
+        "count_i": 7,
+        "tags_ss": ["a", "b"],
+        "when_dt": "2024-06-20T00:00:00Z",
+        "where_p": "1.5,2.5",
+        "area_srpt": "3 4",
+        "flag_b": False,
+    }
+    assert "ignored_note" not in stored and "random_1" not in stored
+    assert stored["usg_treasury_main_account_code"] == ["95"]  # the catch-all, last
+
+
+def test_search_handlers_apply_the_configsets_defaults(clean: SolrStandIn) -> None:
+    """/select returns the Datastore's default field list unless fl says otherwise; /query every
+    stored field; /iati_json the activity JSON as JSON. /search (edismax) and /iati (XSLT) are
+    refused by the stand-in, which cannot answer them, rather than answered wrongly."""
+    activity = core(clean, "activity")
+    activity.add(
+        [
+            doc(
+                1,
+                iati_identifier="XM-1",
+                title_narrative="Water",
+                iati_xml="<iati-activity/>",
+                iati_json='{"iati-activity": [{"text()": "x"}]}',
+            )
+        ],
+        commit=True,
+    )
+    assert select(clean, "activity", q="*:*")["docs"] == [
+        {"iati_identifier": "XM-1", "title_narrative": ["Water"]}
+    ]
+    everything = select(clean, "activity", q="*:*", fl="*")["docs"][0]
+    assert {"id", "iati_xml", "iati_json", "iati_activities_document_id"} <= set(everything)
+    assert select(clean, "activity", q="*:*", fl="id,iati_*")["docs"] == [
+        {
+            "id": "doc-1",
+            "iati_xml": "<iati-activity/>",
+            "iati_json": '{"iati-activity": [{"text()": "x"}]}',
+            "iati_activities_document_id": "D1",
+            "iati_activities_document_hash": "H1",
+            "iati_identifier": "XM-1",
+            "iati_identifier_exact": "XM-1",
+        }
+    ]
+    assert [d["id"] for d in activity.search("*:*", fl="id").docs] == ["doc-1"]
+    query = requests.get(f"{clean.url}/activity/query", params={"q": "*:*"}, timeout=10).json()
+    assert query["response"]["docs"][0]["iati_xml"] == "<iati-activity/>"
+    as_json = requests.get(f"{clean.url}/activity/iati_json", params={"q": "*:*", "fl": "id"}, timeout=10)
+    assert as_json.json()["response"]["docs"] == [{"iati_json": {"iati-activity": [{"text()": "x"}]}}]
+    for name, reason in (("search", "edismax"), ("iati", "wt=xslt")):
+        answer = requests.get(f"{clean.url}/activity/{name}", params={"q": "water"}, timeout=10)
+        assert answer.status_code == 400 and reason in answer.json()["error"]["msg"]
+    assert requests.get(f"{clean.url}/budget/iati_json", params={"q": "*:*"}, timeout=10).status_code == 404
 
 
 # -- select ----------------------------------------------------------------------------------------

@@ -64,6 +64,56 @@ def test_valid_samples(sample: str, file_type: str, count: int) -> None:
     assert all(item["identifier"] and item["identifier"] != "noIdentifier" for item in meta)
 
 
+# The keys of the Validator API's report (js-validator-api createValidationReport and its
+# validationReport.schema.json), in its order; the meta list sits before "errors" when asked for.
+API_REPORT_KEYS = [
+    "valid",
+    "fileType",
+    "iatiVersion",
+    "rulesetCommitSha",
+    "codelistCommitSha",
+    "orgIdPrefixFileName",
+    "apiVersion",
+    "summary",
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "meta"),
+    [
+        (SAMPLES / "real-world/3fi-activity.xml", "iati-activities"),
+        (mixed_document(), "iati-activities"),
+        (b"<not-iati/>", None),
+        (b'<iati-activities version="1.05"/>', None),
+        (b"<iati-activities version='2.03'><iati-activity>", None),
+    ],
+)
+def test_report_says_which_checks_ran_where_the_api_does(source: Path | bytes, meta: str | None) -> None:
+    """Issue 11 item 13: the API names the ruleset and codelist commits it checked against, and
+    writes "" there when it ran neither (for a file that is not IATI or not a supported version).
+    Ours never runs them, so those keys are always "", and apiVersion says "schema only": a
+    consumer of the API's reports cannot take "no error" for "no ruleset error"."""
+    report = validate_file(source)
+    assert list(report) == API_REPORT_KEYS + ([meta] if meta else []) + ["errors"]
+    assert (report["rulesetCommitSha"], report["codelistCommitSha"], report["orgIdPrefixFileName"]) == (
+        "",
+        "",
+        "",
+    )
+    assert report["apiVersion"] == validate.API_VERSION
+    assert "schema only" in report["apiVersion"]
+    assert all(word in report["apiVersion"] for word in ("rulesets", "codelists", "not run"))
+    assert set(report["summary"]) == {"critical", "error", "warning", "advisory"}
+    assert validate.rulesets_ran(report) is False
+
+
+def test_rulesets_ran_reads_the_apis_commit_keys() -> None:
+    api_report = {"valid": True, "rulesetCommitSha": "a1b2c3", "codelistCommitSha": "d4e5f6"}
+    assert validate.rulesets_ran(api_report) is True
+    assert validate.rulesets_ran({**api_report, "codelistCommitSha": ""}) is False
+    assert validate.rulesets_ran({"valid": True}) is False  # a report stored before these keys
+
+
 def test_bytes_and_path_give_the_same_report() -> None:
     path = SAMPLES / "real-world/gdihub-activity.xml"
     assert validate_file(path) == validate_file(path.read_bytes()) == validate_file(str(path))

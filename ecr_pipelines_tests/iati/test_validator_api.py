@@ -17,7 +17,13 @@ from ecr_pipelines.iati.defs.resources import (
 )
 from ecr_pipelines.iati.stages.validate import UNUSABLE_ANSWER, DueForValidation, validate_document
 from ecr_pipelines.iati.validate import validate_file
-from ecr_pipelines.iati.validator_api import ValidatorApiClient, local_status
+from ecr_pipelines.iati.validator_api import (
+    LOCAL_TOO_LARGE_API_VERSION,
+    TOO_LARGE_FALLBACK,
+    LocalValidator,
+    ValidatorApiClient,
+    local_status,
+)
 from ecr_pipelines.lib.http import FetchError
 from ecr_pipelines.resources import HttpResource
 from ecr_pipelines.resources.env import SettingError
@@ -102,7 +108,13 @@ def test_custom_key_header_name_and_no_key(standin: StandInServer, source: Path)
         (200, VALID_REPORT, "report", None, True),
         (400, NOT_WELL_FORMED_REPORT, "report", 400, True),  # not well-formed: report kept
         (422, MIXED_REPORT, "report", 422, True),  # schema errors: report kept
-        (413, TOO_LARGE_BODY, "api_error", 413, False),  # no report in the body
+        (
+            413,
+            TOO_LARGE_BODY,
+            "api_error",
+            413,
+            False,
+        ),  # no report: the refresher's outcome, without fallback
         (500, {"error": "boom"}, "api_error", 500, False),
     ],
 )
@@ -126,6 +138,53 @@ def test_full_check_statuses(
     assert (outcome.kind, outcome.status) == (kind, stored_status)
     assert (outcome.report is not None) == has_report
     assert len(standin.requests_to(FULL_PATH)) == 2  # a 500 is not retried by the session
+
+
+@pytest.mark.parametrize(
+    ("source_bytes", "schema_status", "stored_status", "schema_valid"),
+    [
+        (mixed_document(), 413, 422, False),  # both endpoints refuse it; one activity is invalid
+        ((SAMPLES / "real-world/3fi-activity.xml").read_bytes(), 200, None, True),  # only the full one
+    ],
+)
+def test_files_too_large_for_the_api_are_validated_locally(
+    standin: StandInServer,
+    tmp_path: Path,
+    source_bytes: bytes,
+    schema_status: int,
+    stored_status: int | None,
+    schema_valid: bool,
+) -> None:
+    """Issue 11 item 13: the refresher stored a 413 without a report and re-sent the file every
+    minute, so a file over the API's 60 MiB was never cleaned nor indexed. With the fallback the
+    local schema check gives the report the API would have given for validity and the per-activity
+    meta, marked as schema only and why."""
+    source = tmp_path / "big.xml"
+    source.write_bytes(source_bytes)
+    if schema_status == 413:
+        standin.route(SCHEMA_PATH, method="POST", json=TOO_LARGE_BODY, status=413)
+    else:
+        standin.route(SCHEMA_PATH, method="POST", json={"valid": True})
+    standin.route(FULL_PATH, method="POST", json=TOO_LARGE_BODY, status=413)
+    api = client(standin, too_large_fallback=LocalValidator())
+
+    outcome = validate_document(doc(), source, api)
+
+    local = validate_file(source)
+    assert (outcome.kind, outcome.status, outcome.schema_valid) == ("report", stored_status, schema_valid)
+    assert outcome.report == {**local, "apiVersion": LOCAL_TOO_LARGE_API_VERSION}
+    assert outcome.report["iati-activities"] == local["iati-activities"]  # what the clean stage needs
+    assert (outcome.report["rulesetCommitSha"], outcome.report["codelistCommitSha"]) == ("", "")
+    assert (
+        "schema only" in outcome.report["apiVersion"]
+        and "too large (HTTP 413)" in outcome.report["apiVersion"]
+    )
+    assert outcome.fallback == TOO_LARGE_FALLBACK and "Max Filesize" in outcome.message
+    assert len(standin.requests_to(SCHEMA_PATH)) == len(standin.requests_to(FULL_PATH)) == 1
+    # Other failures are not the file's size: no fallback, the status is stored as before.
+    standin.route(FULL_PATH, method="POST", json={"error": "boom"}, status=500)
+    failed = validate_document(doc(schema_valid=True), source, api)
+    assert (failed.kind, failed.status, failed.fallback) == ("api_error", 500, "")
 
 
 @pytest.mark.parametrize(("status", "body"), [(400, {"error": "No body"}), (500, {"error": "boom"})])
@@ -244,6 +303,25 @@ def test_resource_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         build_validator_resource()
     monkeypatch.setenv("IATI_VALIDATOR", " API ")
     assert build_validator_resource().backend == "api"
+
+
+def test_too_large_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    urls = {"api_url": "http://v/api/pub/validate", "schema_api_url": "http://v/api/pvt/schema-validate-file"}
+    default = IatiValidatorResource(backend="api", **urls).validator(HttpResource().session)
+    assert isinstance(default, ValidatorApiClient) and isinstance(default.too_large_fallback, LocalValidator)
+    skip = IatiValidatorResource(backend="api", too_large="skip", **urls).validator(HttpResource().session)
+    assert isinstance(skip, ValidatorApiClient) and skip.too_large_fallback is None
+    assert "validated locally" in IatiValidatorResource(backend="api", **urls).describe()
+    with pytest.raises(ValidatorConfigError, match="IATI_VALIDATOR_TOO_LARGE must be one of local, skip"):
+        IatiValidatorResource(backend="api", too_large="retry", **urls).validator(HttpResource().session)
+
+    monkeypatch.delenv("IATI_VALIDATOR_TOO_LARGE", raising=False)
+    assert build_validator_resource().too_large == "local"
+    monkeypatch.setenv("IATI_VALIDATOR_TOO_LARGE", " Skip ")
+    assert build_validator_resource().too_large == "skip"
+    monkeypatch.setenv("IATI_VALIDATOR_TOO_LARGE", "retry")
+    with pytest.raises(SettingError, match="IATI_VALIDATOR_TOO_LARGE='retry'"):
+        build_validator_resource()
 
 
 def test_api_backend_session_uses_the_validator_timeout(standin: StandInServer, source: Path) -> None:

@@ -69,10 +69,11 @@ def test_quantity_is_rounded_up() -> None:
     assert sorted(aggregate.licence_ids) == sorted(r["licenceId"] for r in rows)
 
 
-def test_exact_total_is_not_pushed_up_by_float_noise() -> None:
-    assert sum([0.2, 2.2, 0.6]) > 3  # plain sum() would ceil this to 4
-    assert aggregate_quantity([0.2, 2.2, 0.6], "destruction") == 3
-    assert aggregate_quantity([0.6, 2.2, 0.2], "destruction") == 3
+def test_totals_are_the_legacy_plain_sum_in_row_order() -> None:
+    # The legacy's figures, binary noise included (issue 11): sum() in row order, then ceil.
+    assert sum([0.2, 2.2, 0.6]) > 3
+    assert aggregate_quantity([0.2, 2.2, 0.6], "destruction") == 4
+    assert aggregate_quantity([0.2, 0.6, 2.2], "destruction") == 3  # that order sums to exactly 3.0
     assert aggregate_quantity([], "destruction") == 0
 
 

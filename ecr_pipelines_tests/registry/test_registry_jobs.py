@@ -36,7 +36,12 @@ def old(pk: int, name: str, country: str = "de", account: str = "") -> dict[str,
 
 @pytest.fixture
 def upstreams(standin: StandInServer) -> StandInServer:
-    fgas = [p.fgas(1, "Polar Cooling GmbH"), p.fgas(2, "Frost AG"), p.fgas(3, "Broken", fooBar=1)]
+    # 2 carries a field nobody reads (ignored, reported); 3 is malformed (rejected alone).
+    fgas = [
+        p.fgas(1, "Polar Cooling GmbH"),
+        p.fgas(2, "Frost AG", fooBar=1),
+        p.fgas(3, "Broken", dateUpdated="31/02/2024"),
+    ]
     standin.route(FGAS_PATH, query={"pageNumber": "1"}, json=fgas[:2], headers={"numberOfPages": "2"})
     standin.route(FGAS_PATH, query={"pageNumber": "2"}, json=fgas[2:], headers={"numberOfPages": "2"})
 
@@ -127,7 +132,9 @@ def test_sync_job_fills_the_tables_and_calls_bdr(
     assert (
         meta["fgas_undertakings"]["inserted"].value == 2 and meta["fgas_undertakings"]["rejected"].value == 1
     )
-    assert "fooBar" in meta["fgas_undertakings"]["rejected_records"].value
+    assert "dateUpdated" in meta["fgas_undertakings"]["rejected_records"].value
+    assert meta["fgas_undertakings"]["unknown_fields"].value == 1
+    assert "fooBar" in meta["fgas_undertakings"]["unknown_field_records"].value
     assert meta["ods_undertakings"]["inserted"].value == 3
     assert count(registry_db, "SELECT count(*) FROM registry.undertaking") == 5
     assert count(registry_db, "SELECT count(*) FROM registry.organization_log") == 2
@@ -270,7 +277,12 @@ def test_operator_jobs_from_the_cli_with_a_config_file(
             {"ops": {"verify_link": {"config": {"undertaking": 1, "old_company": 100, "user": "jane"}}}}
         )
     )
-    env = {**dagster_cli_env, "ECR_HOME": str(tmp_path), "BDR_ENDPOINT_URL": upstreams.url("/bdr")}
+    env = {
+        **dagster_cli_env,
+        "ECR_HOME": str(tmp_path),
+        "BDR_ENDPOINT_URL": upstreams.url("/bdr"),
+        "SEND_MATCHING_MAILS": "true",  # the legacy default is off
+    }
     dagster = str(Path(sys.executable).with_name("dagster"))
     done = subprocess.run(
         [
@@ -370,7 +382,9 @@ def test_a_mail_server_failure_keeps_the_verification_and_mails_once_later(
     matched: DatabaseResource, upstreams: StandInServer, tmp_path: Path, smtp_server: tuple[str, Any]
 ) -> None:
     calls = len(upstreams.requests_to(COLLECTION))
-    down = resources(matched, upstreams, tmp_path, smtp_url=f"smtp://127.0.0.1:{closed_port()}")
+    down = resources(
+        matched, upstreams, tmp_path, smtp_url=f"smtp://127.0.0.1:{closed_port()}", send_matching_mails=True
+    )
     assert run_with(down, "registry_verify_job", VERIFY).success
     # BDR saw the verification and it is committed; the mails wait in the outbox with the error.
     assert len(upstreams.requests_to(COLLECTION)) == calls + 1
@@ -389,7 +403,7 @@ def test_a_mail_server_failure_keeps_the_verification_and_mails_once_later(
     with matched.begin() as conn:
         conn.execute(sa.text("UPDATE pipeline.mail_outbox SET next_attempt = now()"))
     url, sink = smtp_server
-    up = resources(matched, upstreams, tmp_path, smtp_url=url)
+    up = resources(matched, upstreams, tmp_path, smtp_url=url, send_matching_mails=True)
     assert run_with(up, "registry_verify_job", VERIFY).success
     assert len(upstreams.requests_to(COLLECTION)) == calls + 1  # not verified (nor called) twice
     assert count(matched, "SELECT count(*) FROM registry.matching_log WHERE company_id = 1") == 1
@@ -417,3 +431,55 @@ def test_bdr_refusal_fails_the_verify_job_and_changes_nothing(
     assert count(matched, "SELECT count(*) FROM registry.matching_log") == 0
     assert outbox_rows(matched) == []
     assert not (tmp_path / "outbox").exists()
+
+
+# -- issue 11: verification mails only when asked for, and only with a BDR endpoint (legacy) --------
+
+
+def test_verification_mails_are_off_unless_asked_for(
+    matched: DatabaseResource, upstreams: StandInServer, tmp_path: Path
+) -> None:
+    # Legacy default: SEND_MATCHING_MAILS unset means no mail, the verification itself happens.
+    assert RegistryResource().send_matching_mails is False
+    assert run_job("registry_verify_job", matched, upstreams, tmp_path, VERIFY).success
+    assert (
+        count(matched, "SELECT oldcompany_verified FROM registry.undertaking WHERE external_id = 1") is True
+    )
+    assert outbox_rows(matched) == []
+
+
+def test_verification_mails_need_the_bdr_endpoint(
+    matched: DatabaseResource, upstreams: StandInServer, tmp_path: Path
+) -> None:
+    # Asked for, but no BDR_ENDPOINT_URL: the legacy warned and sent nothing (the link needs it).
+    bound = resources(matched, upstreams, tmp_path, send_matching_mails=True, bdr_endpoint_url="")
+    assert bound["registry"].matching_mails_blocked().startswith("No BDR_ENDPOINT_URL was set")
+    assert run_with(bound, "registry_verify_job", VERIFY).success
+    assert (
+        count(matched, "SELECT oldcompany_verified FROM registry.undertaking WHERE external_id = 1") is True
+    )
+    assert outbox_rows(matched) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, False),
+        ("", False),
+        ("true", True),
+        ("True", True),
+        ("1", False),
+        ("yes", False),
+        ("TRUE", False),
+    ],
+)
+def test_send_matching_mails_reads_the_environment_as_the_legacy(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool
+) -> None:
+    from ecr_pipelines.registry.defs.resources import build_registry_resource
+
+    if value is None:
+        monkeypatch.delenv("SEND_MATCHING_MAILS", raising=False)
+    else:
+        monkeypatch.setenv("SEND_MATCHING_MAILS", value)
+    assert build_registry_resource().send_matching_mails is expected

@@ -62,12 +62,12 @@ def test_rerunning_a_sync_changes_nothing(registry_db: DatabaseResource) -> None
 
 
 def test_a_malformed_record_is_rejected_alone_with_its_reason(registry_db: DatabaseResource) -> None:
-    bad_key = p.fgas(2, fooBar=1)
+    bad_shape = p.fgas(2, contactPersons="nobody")
     bad_date = p.fgas(3, dateUpdated="31/02/2024")
-    report = sync(registry_db, "FGAS", [p.fgas(1), bad_key, bad_date, p.fgas(4)], run_id="r1")
+    report = sync(registry_db, "FGAS", [p.fgas(1), bad_shape, bad_date, p.fgas(4)], run_id="r1")
     assert report.inserted == 2
     reasons = dict(report.rejected)
-    assert "fooBar" in reasons["2"] and "dateUpdated" in reasons["3"]
+    assert "contactPersons" in reasons["2"] and "dateUpdated" in reasons["3"]
     stored = rows(
         registry_db, "SELECT external_id, reason FROM registry.sync_rejection WHERE run_id = 'r1' ORDER BY 1"
     )
@@ -139,7 +139,7 @@ def test_representative_changes_go_into_history(registry_db: DatabaseResource) -
     sync(registry_db, "FGAS", [p.fgas(1, address=cn, euLegalRepresentativeCompany=None)])
     assert [r.vatnumber for r in rows(registry_db, history)] == ["TESTVAT123", "NEWVAT"]
     (u,) = rows(registry_db, "SELECT country_code, represent_id, check_passed FROM registry.undertaking")
-    assert (u.country_code, u.represent_id, u.check_passed) == ("", None, False)
+    assert (u.country_code, u.represent_id, u.check_passed) == (None, None, False)
 
 
 def test_address_country_change_is_kept_in_history_and_country_rows_refresh(

@@ -6,21 +6,27 @@ What it does, like Solr 9:
 
 * one core per collection at ``/solr/<collection>/``, each with the schema of a configset from the
   repository's ``solr/<configset>/conf/managed-schema.xml`` (fields, field types, dynamic fields
-  with Solr's longest-pattern-first matching, copy fields, defaults, uniqueKey);
+  with Solr's matching: longest pattern first, then the schema's order, so the catch-all ``*``
+  comes last; copy fields, defaults, uniqueKey) and the search handlers of its ``solrconfig.xml``
+  (their ``defaults`` and ``invariants``: ``/select``'s default ``fl`` is honoured);
 * ``/update`` (and ``/update/json``) take JSON (a list of documents, or commands ``add``,
   ``delete`` by ``id`` / list of ids / ``query``, ``commit``, ``optimize``) and XML messages
   (``<add><doc>``, ``<delete><id>|<query>``, ``<commit/>``: what pysolr sends for deletes and
   commits), plus the ``commit=true``, ``softCommit=true`` and ``commitWithin=<ms>`` parameters;
 * documents are checked as Solr checks them and a bad one is refused with HTTP 400 and Solr's
   message: unknown field, several values in a single-valued field, a value the field type cannot
-  parse (numbers, dates, booleans, ``lat,lon`` points, integers), a missing required field or
-  uniqueKey, an indexed string over 32766 bytes. As in Solr, the documents of a batch before the
-  bad one stay added and the ones after it are not;
-* added and deleted documents become visible to ``/select`` only after a commit;
-* ``/select`` understands ``q`` and ``fq`` of the forms ``*:*``, ``field:value``,
-  ``field:"phrase"`` and ``field:*``, plus ``rows``, ``start``, ``fl``, ``sort`` (one field) and
-  ``wt=json``; ``/admin/ping`` answers OK. Anything else gets a 400 saying the stand-in does not
-  support it, rather than a made-up answer.
+  parse (numbers, dates, booleans, ``lat,lon`` points, integers; also in the typed dynamic fields
+  such as ``*_i`` or ``*_dt``), a missing required field or uniqueKey, an indexed string over 32766
+  bytes. As in Solr, the documents of a batch before the bad one stay added and the ones after it
+  are not. Values of fields that are neither stored nor indexed (``ignored_*``) are dropped;
+* added and deleted documents become visible to searches only after a commit;
+* the search handlers (``/select``, ``/query``, ...) understand ``q`` and ``fq`` of the forms
+  ``*:*``, ``field:value``, ``field:"phrase"`` and ``field:*``, plus ``rows``, ``start``, ``fl``
+  (names, globs, ``*``, and the ``[json]`` transformer), ``sort`` (one field) and ``wt=json``;
+  ``/admin/ping`` answers OK. Anything else (another query parser such as ``/search``'s edismax,
+  another response writer such as ``/iati``'s XSLT, other transformers) gets a 400 saying the
+  stand-in does not support it, rather than a made-up answer. Text is matched on lower-cased
+  words: the configsets' stop words (none) and query-time synonyms are not applied.
 
 Python API for tests: ``SolrStandIn().start()`` (or use it as a context manager), ``.url``
 (the ``.../solr`` base URL, what ``SOLR_URL`` holds), ``.documents(collection)`` (committed
@@ -230,8 +236,19 @@ def _convert(schema_field: SchemaField, raw: Any) -> Any:
             lat, lon = (float(part) for part in parts)
         except ValueError as exc:
             raise ValueError(f"Point must be in 'lat, lon' or 'x y' format: {text}") from exc
-        if not (-90 <= lat <= 90 and -180 <= lon <= 180) or math.isnan(lat) or math.isnan(lon):
-            raise ValueError(f"Point {text!r} is out of range: latitude within ±90, longitude within ±180")
+        _check_lat_lon(text, lat, lon)
+        return text
+    if cls == "SpatialRecursivePrefixTreeFieldType":
+        # geo="true" RPT fields take "lat,lon" or "x y" (longitude first) points, and shapes
+        # (WKT, ...), which the stand-in does not parse: it refuses them rather than guess.
+        try:
+            if "," in text:
+                lat, lon = (float(part) for part in text.split(","))
+            else:
+                lon, lat = (float(part) for part in text.split())
+        except ValueError as exc:
+            raise ValueError(f"the stand-in only takes 'lat,lon' or 'x y' points here, not {text!r}") from exc
+        _check_lat_lon(text, lat, lon)
         return text
     indexed_term = cls == "StrField" and (schema_field.indexed or schema_field.doc_values)
     if indexed_term and len(text.encode("utf-8")) > MAX_TERM_BYTES:
@@ -240,6 +257,11 @@ def _convert(schema_field: SchemaField, raw: Any) -> Any:
             f"encoding is longer than the max length {MAX_TERM_BYTES})"
         )
     return text
+
+
+def _check_lat_lon(text: str, lat: float, lon: float) -> None:
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180) or math.isnan(lat) or math.isnan(lon):
+        raise ValueError(f"Point {text!r} is out of range: latitude within ±90, longitude within ±180")
 
 
 def _tokens(text: str) -> list[str]:
@@ -253,6 +275,7 @@ def _tokens(text: str) -> list[str]:
 class _Core:
     name: str
     schema: Schema
+    handlers: dict[str, "SearchHandler"] = field(default_factory=dict)
     live: dict[str, dict[str, Any]] = field(default_factory=dict)  # what the index writer holds
     visible: dict[str, dict[str, Any]] = field(default_factory=dict)  # what the searcher sees
     commits: int = 0
@@ -384,7 +407,8 @@ class _Core:
         return {
             name: converted if fields[name].multi_valued else converted[0]
             for name, converted in values.items()
-            if fields[name].stored
+            # A RandomSortField takes a value but never writes it back (it exists to sort on).
+            if fields[name].stored and fields[name].type.cls != "RandomSortField"
         }
 
     # -- queries -------------------------------------------------------------------------------
@@ -434,7 +458,24 @@ class _Core:
 
         return matches_value
 
-    def select(self, params: Mapping[str, list[str]]) -> dict[str, Any]:
+    def search(self, handler: "SearchHandler", request: Mapping[str, list[str]]) -> dict[str, Any]:
+        """A request to one of the configset's search handlers: its defaults and invariants apply."""
+        return self.select(handler.params(request), echo=request)
+
+    def select(
+        self, params: Mapping[str, list[str]], echo: Mapping[str, list[str]] | None = None
+    ) -> dict[str, Any]:
+        def param(name: str) -> str:
+            return params.get(name, [""])[-1].strip()
+
+        # What the stand-in cannot do is refused, not approximated.
+        if param("wt") not in ("", "json"):
+            raise SolrBadRequest(f"the stand-in only writes JSON (wt=json), not wt={param('wt')}")
+        if param("defType") not in ("", "lucene", "standard"):
+            raise SolrBadRequest(
+                f"the stand-in only parses Solr's standard query syntax, not {param('defType')}"
+            )
+        returned = _ReturnFields.parse(params.get("fl", []))
         query = params.get("q", [None])[-1]
         with self.lock:
             docs = list(self.visible.values())
@@ -446,7 +487,7 @@ class _Core:
         for fq in params.get("fq", []):
             predicate = self._predicate(fq)
             docs = [doc for doc in docs if predicate(doc)]
-        sort = params.get("sort", [""])[-1].strip()
+        sort = param("sort")
         if sort:
             parts = sort.split()
             if len(parts) != 2 or parts[1] not in ("asc", "desc") or "," in sort:
@@ -457,22 +498,140 @@ class _Core:
             present.sort(key=lambda doc: doc[name], reverse=parts[1] == "desc")
             docs = present + missing
         try:
-            start = int(params.get("start", ["0"])[-1])
-            rows = int(params.get("rows", ["10"])[-1])
+            start = int(param("start") or "0")
+            rows = int(param("rows") or "10")
         except ValueError as exc:
             raise SolrBadRequest(f"start and rows must be integers: {exc}") from exc
-        page = docs[start : start + rows]
-        wanted = [
-            name.strip() for fl in params.get("fl", []) for name in re.split(r"[,\s]+", fl) if name.strip()
-        ]
-        if wanted and "*" not in wanted:
-            page = [{k: v for k, v in doc.items() if k in wanted} for doc in page]
-        else:
-            page = [dict(doc) for doc in page]
+        page = [returned.project(doc) for doc in docs[start : start + rows]]
+        shown = params if echo is None else echo
         return {
-            "responseHeader": {"status": 0, "QTime": 0, "params": {k: v[-1] for k, v in params.items()}},
+            "responseHeader": {"status": 0, "QTime": 0, "params": {k: v[-1] for k, v in shown.items()}},
             "response": {"numFound": len(docs), "start": start, "numFoundExact": True, "docs": page},
         }
+
+
+# -- search handlers and returned fields -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchHandler:
+    """One ``solr.SearchHandler`` of a configset's ``solrconfig.xml``: its name without the leading
+    slash and the parameters it adds to a request (``defaults`` unless the request sets them,
+    ``invariants`` whatever the request says), as Solr merges them."""
+
+    name: str
+    defaults: dict[str, list[str]] = field(default_factory=dict)
+    invariants: dict[str, list[str]] = field(default_factory=dict)
+
+    def params(self, request: Mapping[str, list[str]]) -> dict[str, list[str]]:
+        merged = {key: list(values) for key, values in self.defaults.items()}
+        merged.update({key: list(values) for key, values in request.items()})
+        merged.update({key: list(values) for key, values in self.invariants.items()})
+        return merged
+
+
+def load_search_handlers(path: Path) -> dict[str, SearchHandler]:
+    """The search handlers of a ``solrconfig.xml`` by name; a bare ``select`` without one (the
+    small schemas tests write have no solrconfig.xml)."""
+    if not path.is_file():
+        return {"select": SearchHandler("select")}
+    handlers: dict[str, SearchHandler] = {}
+    for element in etree.parse(str(path)).getroot().iter("requestHandler"):
+        if element.get("class", "").removeprefix("solr.") != "SearchHandler":
+            continue
+        lists: dict[str, dict[str, list[str]]] = {"defaults": {}, "invariants": {}}
+        for section in element.findall("lst"):
+            target = lists.get(section.get("name", ""))
+            if target is None:
+                continue  # "appends" and the like: not used by the shipped configsets
+            for item in section:
+                if isinstance(item.tag, str) and item.get("name"):
+                    target.setdefault(item.get("name"), []).append((item.text or "").strip())
+        name = element.get("name", "").lstrip("/")
+        handlers[name] = SearchHandler(name, lists["defaults"], lists["invariants"])
+    return handlers
+
+
+_PLAIN_FIELD = re.compile(r"^(?:(?P<alias>[A-Za-z_][\w.-]*):)?(?P<field>[\w.*?-]+)$")
+_JSON_FIELD = re.compile(r"^(?P<field>[A-Za-z_][\w.-]*):\[json\]$")
+
+
+def _split_fl(values: list[str]) -> list[str]:
+    # Items are separated by commas or spaces, except inside a transformer's [...].
+    items: list[str] = []
+    for text in values:
+        current, depth = "", 0
+        for char in text:
+            if char == "[":
+                depth += 1
+            elif char == "]":
+                depth = max(0, depth - 1)
+            if depth == 0 and (char == "," or char.isspace()):
+                if current:
+                    items.append(current)
+                current = ""
+            else:
+                current += char
+        if current:
+            items.append(current)
+    return items
+
+
+@dataclass(frozen=True)
+class _ReturnFields:
+    """What ``fl`` asks for: every stored field (``*`` or no ``fl``), names and globs (``a_*``),
+    ``alias:name`` renames, and ``name:[json]`` (a stored JSON string written as JSON)."""
+
+    everything: bool
+    patterns: tuple[str, ...] = ()
+    renames: tuple[tuple[str, str], ...] = ()
+    as_json: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, values: list[str]) -> "_ReturnFields":
+        items = _split_fl(values)
+        patterns: list[str] = []
+        renames: list[tuple[str, str]] = []
+        as_json: list[str] = []
+        everything = not items
+        for item in items:
+            if item == "*":
+                everything = True
+            elif item == "score":
+                continue  # the stand-in does not score; Solr would add the score
+            elif match := _JSON_FIELD.match(item):
+                as_json.append(match.group("field"))
+            elif match := _PLAIN_FIELD.match(item):
+                if match.group("alias"):
+                    renames.append((match.group("alias"), match.group("field")))
+                else:
+                    patterns.append(match.group("field"))
+            else:
+                raise SolrBadRequest(f"the stand-in does not support the field list item {item!r}")
+        return cls(everything, tuple(patterns), tuple(renames), tuple(as_json))
+
+    def project(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        out = {
+            name: value
+            for name, value in doc.items()
+            if self.everything or any(fnmatch.fnmatchcase(name, pattern) for pattern in self.patterns)
+        }
+        for alias, name in self.renames:
+            if name in doc:
+                out[alias] = doc[name]
+        for name in self.as_json:
+            if name in doc:
+                out[name] = _as_json(doc[name])
+        return out
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_as_json(item) for item in value]
+    try:
+        return json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return value  # Solr writes the text as it is, whatever it holds
 
 
 # -- update messages ---------------------------------------------------------------------------
@@ -637,8 +796,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if handler in ("update", "update/json"):
                 self._reply(200, self._update(core, params, body, content_type))
-            elif handler == "select":
-                self._reply(200, core.select(params))
+            elif handler in core.handlers:
+                self._reply(200, core.search(core.handlers[handler], params))
             elif handler == "admin/ping":
                 self._reply(200, {"responseHeader": {"status": 0, "QTime": 0}, "status": "OK"})
             else:
@@ -733,12 +892,18 @@ class SolrStandIn:
                 raise FileNotFoundError(f"no Solr configsets (*/conf/managed-schema.xml) under {configsets}")
             collections = {name: name for name in found}
         schemas: dict[str, Schema] = {}
+        handlers: dict[str, dict[str, SearchHandler]] = {}
         self._cores: dict[str, _Core] = {}
         for name, configset in collections.items():
+            conf = configsets / configset / "conf"
             if configset not in schemas:
-                schemas[configset] = Schema.load(configsets / configset / "conf" / "managed-schema.xml")
+                schemas[configset] = Schema.load(conf / "managed-schema.xml")
+                handlers[configset] = load_search_handlers(conf / "solrconfig.xml")
             self._cores[name] = _Core(
-                name, schemas[configset], snapshot=data_dir / f"{name}.json" if data_dir else None
+                name,
+                schemas[configset],
+                handlers[configset],
+                snapshot=data_dir / f"{name}.json" if data_dir else None,
             )
             self._cores[name].load()
         self._host = host

@@ -3,9 +3,13 @@
 ``IATI_SOURCE`` picks the index source: ``bds`` (default; the Bulk Data Service's
 ``IATI_DATASET_INDEX_URL`` and ``IATI_REPORTING_ORG_INDEX_URL``) or ``registry`` (the legacy CKAN
 ``IATI_REGISTRY_URL``). ``IATI_VALIDATOR=local`` (default) validates against the bundled
-2.01/2.02/2.03 XSDs; ``api`` calls the IATI Validator API. The safety-check settings live with the
-validator, because they steer what the validate stage does. ``SOLR_URL`` and the collection names
-point the Solr stage at its server. Every value is read and checked when the definitions load
+2.01/2.02/2.03 XSDs; ``api`` calls the IATI Validator API, and validates locally the files the API
+refuses as too large (``IATI_VALIDATOR_TOO_LARGE=local``, default; ``skip`` leaves them without a
+report, as the refresher did). The safety-check settings live with the validator, because they
+steer what the validate stage does. ``SOLR_URL`` and the collection names point the Solr stage at
+its server; a deployment still configured for the refresher (its ``SOLR_API_URL`` and nothing
+else) keeps writing to the refresher's ``<name>_solrize`` collections. Every value is read and
+checked when the definitions load
 (``ecr_pipelines.resources.env.from_env``): a bad ``IATI_SOURCE`` or ``IATI_VALIDATOR`` fails
 loading with a message that names it.
 """
@@ -19,11 +23,17 @@ from pydantic import PrivateAttr
 
 from ecr_pipelines.iati.clients import BdsIndexClient, RegistryIndexClient
 from ecr_pipelines.iati.index import IndexSnapshot, apply_limits, parse_name_list
-from ecr_pipelines.iati.solr import DEFAULT_COLLECTION_NAMES, SolrClient
+from ecr_pipelines.iati.solr import (
+    DEFAULT_COLLECTION_NAMES,
+    LEGACY_COLLECTION_NAMES,
+    LEGACY_SOLR_URL_VARIABLE,
+    SolrClient,
+)
 from ecr_pipelines.iati.stages.safety import SAFETY_CHECK_PERIOD_HOURS, SAFETY_CHECK_THRESHOLD
 from ecr_pipelines.iati.validator_api import DEFAULT_KEY_NAME, LocalValidator, Validator, ValidatorApiClient
 from ecr_pipelines.lib.ckan import CkanClient
 from ecr_pipelines.lib.http import FetchError, make_session
+from ecr_pipelines.lib.settings import env_str
 from ecr_pipelines.resources.env import choice, from_env
 
 DEFAULT_REGISTRY_URL = "https://iatiregistry.org"
@@ -90,6 +100,9 @@ class IatiResource(dg.ConfigurableResource):
 
 BACKENDS = ("local", "api")
 DEFAULT_API_TIMEOUT = 600.0
+# What api mode does with a file the Validator API refuses as too large (413): validate it with
+# the local schema validator, or store the 413 without a report as the refresher did.
+TOO_LARGE_CHOICES = ("local", "skip")
 
 
 class ValidatorConfigError(ValueError):
@@ -105,6 +118,7 @@ class IatiValidatorResource(dg.ConfigurableResource):
     api_key_name: str = DEFAULT_KEY_NAME
     api_key_value: str | None = None
     api_timeout: float = DEFAULT_API_TIMEOUT
+    too_large: str = "local"
     safety_check_threshold: int = SAFETY_CHECK_THRESHOLD
     safety_check_period_hours: float = SAFETY_CHECK_PERIOD_HOURS
     safety_check_hold_hours: float | None = None
@@ -117,6 +131,14 @@ class IatiValidatorResource(dg.ConfigurableResource):
                 f"IATI_VALIDATOR must be one of {', '.join(BACKENDS)}, not {self.backend!r}"
             )
         return name
+
+    def too_large_choice(self) -> str:
+        choice = self.too_large.strip().lower()
+        if choice not in TOO_LARGE_CHOICES:
+            raise ValidatorConfigError(
+                f"IATI_VALIDATOR_TOO_LARGE must be one of {', '.join(TOO_LARGE_CHOICES)}, not {self.too_large!r}"
+            )
+        return choice
 
     @property
     def hold_hours(self) -> float:
@@ -150,6 +172,7 @@ class IatiValidatorResource(dg.ConfigurableResource):
         ]
         if missing:
             raise ValidatorConfigError(f"IATI_VALIDATOR=api needs {' and '.join(missing)}")
+        fallback = LocalValidator() if self.too_large_choice() == "local" else None
         session = session_factory(read_timeout=self.api_timeout)
         try:
             return ValidatorApiClient(
@@ -158,6 +181,7 @@ class IatiValidatorResource(dg.ConfigurableResource):
                 self.api_url,
                 key_name=self.api_key_name,
                 key_value=self.api_key_value,
+                too_large_fallback=fallback,
             )
         except FetchError as exc:  # a URL that is not http(s)
             raise ValidatorConfigError(f"validator API URL refused: {exc}") from exc
@@ -165,7 +189,12 @@ class IatiValidatorResource(dg.ConfigurableResource):
     def describe(self) -> str:
         if self.backend_name() == "local":
             return "local schema validator (bundled IATI 2.01/2.02/2.03 XSDs)"
-        return f"IATI Validator API {self.api_url or '(IATI_VALIDATOR_API_URL not set)'}"
+        too_large = (
+            "files it refuses as too large validated locally (schema only)"
+            if self.too_large_choice() == "local"
+            else "files it refuses as too large left without a report"
+        )
+        return f"IATI Validator API {self.api_url or '(IATI_VALIDATOR_API_URL not set)'}; {too_large}"
 
 
 class SolrResource(dg.ConfigurableResource):
@@ -174,7 +203,8 @@ class SolrResource(dg.ConfigurableResource):
     ``url`` is the base URL up to ``/solr`` (``SOLR_URL``); each collection is ``<url>/<name>``
     with the names from ``SOLR_ACTIVITY_COLLECTION`` / ``SOLR_TRANSACTION_COLLECTION`` /
     ``SOLR_BUDGET_COLLECTION`` (defaults: the production names ``activity``, ``transaction``,
-    ``budget``; the legacy refresher wrote to the aliases ``<name>_solrize``). Optional basic auth
+    ``budget``; the legacy refresher wrote to the aliases ``<name>_solrize``, which are the
+    defaults when only its ``SOLR_API_URL`` is set: see ``build_solr_resource``). Optional basic auth
     from ``SOLR_USER`` / ``SOLR_PASSWORD``. ``timeout`` is the read timeout of one request,
     ``batch_size`` / ``max_batch_bytes`` bound one update request.
     """
@@ -268,6 +298,7 @@ def build_validator_resource() -> IatiValidatorResource:
         {
             "backend": ("IATI_VALIDATOR", choice(*BACKENDS)),
             "api_timeout": ("IATI_VALIDATOR_API_TIMEOUT", float),
+            "too_large": ("IATI_VALIDATOR_TOO_LARGE", choice(*TOO_LARGE_CHOICES)),
             "safety_check_threshold": ("IATI_SAFETY_CHECK_THRESHOLD", int),
             "safety_check_period_hours": ("IATI_SAFETY_CHECK_PERIOD_HOURS", float),
             "safety_check_hold_hours": ("IATI_SAFETY_CHECK_HOLD_HOURS", float),
@@ -284,7 +315,19 @@ def build_validator_resource() -> IatiValidatorResource:
 
 def build_solr_resource() -> SolrResource:
     """Solr. ``SOLR_URL`` (it may carry credentials), ``SOLR_USER`` and ``SOLR_PASSWORD`` are
-    passed as ``EnvVar`` so the UI shows their names only."""
+    passed as ``EnvVar`` so the UI shows their names only.
+
+    The refresher's settings keep working: without ``SOLR_URL``, its ``SOLR_API_URL`` (the same
+    base URL, with the refresher's trailing slash) is the server, and the collections default to
+    the refresher's ``activity_solrize``, ``transaction_solrize`` and ``budget_solrize``, so a
+    deployment that only carried over its old variables indexes where the Datastore reads.
+    ``SOLR_URL`` and the ``SOLR_*_COLLECTION`` variables win whenever they are set.
+    """
+    legacy = env_str("SOLR_URL") is None and env_str(LEGACY_SOLR_URL_VARIABLE) is not None
+    url_variable = LEGACY_SOLR_URL_VARIABLE if legacy else "SOLR_URL"
+    defaults = (
+        {f"{logical}_collection": name for logical, name in LEGACY_COLLECTION_NAMES.items()} if legacy else {}
+    )
     return from_env(
         SolrResource,
         {
@@ -297,7 +340,8 @@ def build_solr_resource() -> SolrResource:
             "batch_size": ("SOLR_BATCH_SIZE", int),
             "max_batch_bytes": ("SOLR_MAX_BATCH_BYTES", int),
         },
-        secrets={"url": "SOLR_URL", "user": "SOLR_USER", "password": "SOLR_PASSWORD"},
+        secrets={"url": url_variable, "user": "SOLR_USER", "password": "SOLR_PASSWORD"},
+        defaults=defaults,
     )
 
 

@@ -21,6 +21,11 @@ Departures from the refresher, both to avoid its retry storms: a 413 (file too l
 validator) is not re-sent every run but only with ``retry_errors``; a transport failure (no answer
 at all) leaves the document untouched and due, and several in a row stop the stage.
 
+Files too large for the Validator API: by default the API back end validates them locally instead
+(schema only, see ``validator_api``), so they get a report, are cleaned and indexed; such answers
+are counted as ``validated_locally_too_large`` and the report's ``apiVersion`` says so. With
+``IATI_VALIDATOR_TOO_LARGE=skip`` the 413 is stored without a report, as the refresher stored it.
+
 Encodings: sources are validated as stored (lxml honours the BOM and the XML declaration; no
 declaration means UTF-8). When the download stage detected a non-Unicode encoding in a file that
 declares none, that file is transcoded to UTF-8 first (``documents.fetch_source``).
@@ -155,6 +160,7 @@ class ValidationOutcome:
     status: int | None = None  # validation_api_error to store (None: the last call succeeded)
     report: dict[str, Any] | None = None
     message: str = ""
+    fallback: str = ""  # why the local validator answered instead of the API ("" if it did not)
 
     @property
     def is_error(self) -> bool:
@@ -194,7 +200,16 @@ def validate_document(doc: DueForValidation, path: Path, validator: Validator) -
             doc, "api_error", True, schema_valid, status, message=_answer_message(answer, "full validation")
         )
     return ValidationOutcome(
-        doc, "report", True, schema_valid, None if answer.ok else answer.status, report=answer.report
+        doc,
+        "report",
+        True,
+        schema_valid,
+        None if answer.ok else answer.status,
+        report=answer.report,
+        # Only a stored report made locally counts as a fallback (the schema check may have been
+        # answered locally and the full check by the API).
+        message=answer.message if answer.fallback else "",
+        fallback=answer.fallback,
     )
 
 
@@ -324,6 +339,8 @@ def _outcome(result: ValidationOutcome) -> Outcome:
     else:
         kind, error = result.kind, None
     counts = {f"validation_api_error_{result.status}": 1} if result.status is not None else {}
+    if result.fallback:
+        counts["validated_locally_too_large"] = 1
     return Outcome(doc.id, kind, error=error, message=result.message, data=result, counts=counts)
 
 

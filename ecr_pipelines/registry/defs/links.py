@@ -61,6 +61,9 @@ def undertaking_company_links(
 ) -> dg.MaterializeResult:
     started = time.perf_counter()
     bdr = registry.bdr_endpoint(http.session())
+    mails_blocked = registry.matching_mails_blocked()
+    if mails_blocked is not None and registry.send_matching_mails:
+        context.log.warning(mails_blocked)
     with db.begin() as conn:
         sql = Sql(conn)
         report = run_matching(
@@ -70,7 +73,7 @@ def undertaking_company_links(
             auto_all_domains=registry.auto_verify_all_domains(),
             auto_new_domains=registry.auto_verify_new_domains(),
             fuzz_limit=registry.fuzz_limit,
-            mail_to=notification_addresses(sql) if registry.send_matching_mails else (),
+            mail_to=notification_addresses(sql) if mails_blocked is None else (),
         )
         queue = review_queue(sql, config.review_rows)
         pending = sql.scalar("SELECT count(*) FROM registry.undertaking WHERE NOT oldcompany_verified")
@@ -109,12 +112,29 @@ def undertaking_company_links(
     )
 
 
-@dg.asset_check(asset=undertaking_company_links, description="No old company is taken by two undertakings.")
+@dg.asset_check(
+    asset=undertaking_company_links,
+    description="No old company (BDR pk, under either obligation) is taken by two undertakings.",
+)
 def old_company_taken_once(db: DatabaseResource) -> dg.AssetCheckResult:
     return offending_rows_check(
         db,
-        "SELECT oldcompany_id, count(*) AS undertakings FROM registry.undertaking WHERE oldcompany_id IS NOT NULL "
-        "GROUP BY oldcompany_id HAVING count(*) > 1",
+        "SELECT o.external_id AS bdr_pk, count(*) AS undertakings FROM registry.undertaking u "
+        "JOIN registry.old_company o ON o.id = u.oldcompany_id GROUP BY o.external_id HAVING count(*) > 1 "
+        "ORDER BY 1",
+    )
+
+
+@dg.asset_check(
+    asset=undertaking_company_links,
+    description="No undertaking has two links to one old company (a BDR pk listed under both obligations).",
+)
+def one_link_per_old_company(db: DatabaseResource) -> dg.AssetCheckResult:
+    return offending_rows_check(
+        db,
+        "SELECT l.undertaking_id, o.external_id AS bdr_pk, count(*) AS links FROM registry.old_company_link l "
+        "JOIN registry.old_company o ON o.id = l.oldcompany_id GROUP BY l.undertaking_id, o.external_id "
+        "HAVING count(*) > 1 ORDER BY 1, 2",
     )
 
 
@@ -152,4 +172,9 @@ def verification_mails_sent(db: DatabaseResource) -> dg.AssetCheckResult:
     )
 
 
-link_checks = [old_company_taken_once, verified_undertakings_are_logged, verification_mails_sent]
+link_checks = [
+    old_company_taken_once,
+    one_link_per_old_company,
+    verified_undertakings_are_logged,
+    verification_mails_sent,
+]

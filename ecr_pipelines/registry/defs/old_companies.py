@@ -34,9 +34,16 @@ def bdr_old_companies(
         context.log.info(f"{report.obligation}: {report.fetched} old companies, {report.upserted} upserted")
         for pk, reason in report.rejected:
             context.log.warning(f"old company {pk} ({report.obligation}) rejected: {reason}")
+        for path, pks in sorted(report.unknown_fields.items()):
+            context.log.warning(
+                f"{report.obligation}: field {path!r} is not read (ignored) in {len(pks)} records"
+            )
     frame = pd.DataFrame(
-        [(r.obligation, r.fetched, r.upserted, len(r.rejected)) for r in reports],
-        columns=["obligation", "fetched", "upserted", "rejected"],
+        [
+            (r.obligation, r.fetched, r.upserted, len(r.rejected), ", ".join(sorted(r.unknown_fields)))
+            for r in reports
+        ],
+        columns=["obligation", "fetched", "upserted", "rejected", "unknown fields (ignored)"],
     )
     rejected = int(frame["rejected"].sum()) if not frame.empty else 0
     return dg.MaterializeResult(

@@ -1,6 +1,6 @@
 """The operator's ops on the matching (logic: ``ecr_pipelines.registry.operator``); their jobs are
-in ``jobs``. They take run config (Launchpad or ``dagster job execute -c``) and write a
-``matching_log`` row with the operator's name.
+in ``jobs``. They take run config (Launchpad or ``dagster job execute -c``) and, flush aside, write
+a ``matching_log`` row with the operator's name.
 
 Order inside an op: one transaction holds the change, the BDR call and the queued notification
 mails, so a BDR refusal or an unknown id changes nothing; the mails are sent after the commit,
@@ -17,7 +17,7 @@ from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.registry import operator
 from ecr_pipelines.registry.clients import BdrEndpointClient
 from ecr_pipelines.registry.defs.resources import RegistryResource, send_queued_mail
-from ecr_pipelines.registry.operator import OperatorError, Outcome
+from ecr_pipelines.registry.operator import OperatorError, Outcome, Recipient
 from ecr_pipelines.resources import DatabaseResource, HttpResource, MailResource
 
 _USER = "Who does this (written to registry.matching_log)."
@@ -31,6 +31,13 @@ class VerifyConfig(dg.Config):
     user: str = Field(description=_USER)
     domain: str | None = Field(
         default=None, description="FGAS or ODS; needed only when the id exists in both registries."
+    )
+    obligation: str | None = Field(
+        default=None,
+        description=(
+            "FGAS or ODS: which obligation's old company is meant when BDR lists this company under both "
+            "(default: the undertaking's own domain, else the oldest row)."
+        ),
     )
 
 
@@ -56,13 +63,18 @@ def _refused(exc: OperatorError) -> dg.Failure:
     return dg.Failure(description=str(exc), allow_retries=False)
 
 
-def _mail_to(sql: Sql, registry: RegistryResource) -> list[str]:
-    """SEND_MATCHING_MAILS off: nobody is told (legacy setting)."""
-    return operator.notification_addresses(sql) if registry.send_matching_mails else []
+def _mail_to(context: dg.OpExecutionContext, sql: Sql, registry: RegistryResource) -> list[Recipient]:
+    """Nobody is told unless SEND_MATCHING_MAILS is true and BDR_ENDPOINT_URL set (legacy)."""
+    blocked = registry.matching_mails_blocked()
+    if blocked is None:
+        return operator.notification_addresses(sql)
+    if registry.send_matching_mails:
+        context.log.warning(blocked)  # asked for mails that cannot be sent, as the legacy warned
+    return []
 
 
 # (sql, bdr, config, mail_to) -> Outcome
-Action = Callable[[Sql, BdrEndpointClient, Any, list[str]], Outcome]
+Action = Callable[[Sql, BdrEndpointClient, Any, list[Recipient]], Outcome]
 
 
 def _verifying_op(
@@ -83,7 +95,7 @@ def _verifying_op(
         try:
             with db.begin() as conn:  # one transaction: a BDR refusal or unknown id changes nothing
                 sql = Sql(conn)
-                mail_to = _mail_to(sql, registry)
+                mail_to = _mail_to(context, sql, registry)
                 outcome = action(sql, bdr, config, mail_to)
         except OperatorError as exc:
             raise _refused(exc) from exc
@@ -101,7 +113,7 @@ verify_link = _verifying_op(
     "Verify the proposed link between an undertaking and an old company.",
     VerifyConfig,
     lambda sql, bdr, c, mail_to: operator.verify(
-        sql, bdr, c.undertaking, c.old_company, c.user, c.domain, mail_to
+        sql, bdr, c.undertaking, c.old_company, c.user, c.domain, mail_to, c.obligation
     ),
 )
 verify_none = _verifying_op(
@@ -130,7 +142,12 @@ def unverify(context: dg.OpExecutionContext, config: UndertakingConfig, db: Data
     context.log.info("done")
 
 
-@dg.op(description="Delete every proposed link (verified or not); undertakings keep their fields.")
+@dg.op(
+    description=(
+        "Delete every proposed link (verified or not); undertakings keep their fields. Like the legacy "
+        "flush it writes no matching_log row; who flushed is in this run's log."
+    )
+)
 def flush_links(context: dg.OpExecutionContext, config: FlushConfig, db: DatabaseResource) -> None:
     with db.begin() as conn:
         deleted = operator.flush(Sql(conn), config.user)

@@ -15,7 +15,7 @@ import dagster as dg
 import requests
 
 from ecr_pipelines.lib.outbox import OutboxReport, send_pending
-from ecr_pipelines.lib.settings import env_bool, env_str
+from ecr_pipelines.lib.settings import env_str
 from ecr_pipelines.registry.clients import BdrEndpointClient, BdrRegistryClient, RegistryClient
 from ecr_pipelines.registry.matching import DEFAULT_FUZZ_LIMIT, parse_domain_list
 from ecr_pipelines.registry.patches import Patches, load_patches
@@ -51,7 +51,8 @@ class RegistryResource(dg.ConfigurableResource):
     fuzz_limit: int = DEFAULT_FUZZ_LIMIT
     companies_excepted_from_checks: str = ""
     patches_file: str | None = None
-    send_matching_mails: bool = True
+    # Legacy default: no verification mails unless asked for (see legacy_flag).
+    send_matching_mails: bool = False
 
     def configured_domains(self) -> list[str]:
         """The domains whose registry has a base URL (the others cannot be synced)."""
@@ -68,6 +69,18 @@ class RegistryResource(dg.ConfigurableResource):
         return BdrEndpointClient(
             session, self.bdr_endpoint_url, self.bdr_endpoint_user, self.bdr_endpoint_password
         )
+
+    def matching_mails_blocked(self) -> str | None:
+        """Why verification mails are not sent (None: they are). A mail needs both the setting
+        and BDR_ENDPOINT_URL, since its link points into BDR (legacy rule)."""
+        if not self.send_matching_mails:
+            return "SEND_MATCHING_MAILS is not true"
+        if not self.bdr_endpoint_url:
+            return (
+                "No BDR_ENDPOINT_URL was set in order to send notification emails. "
+                "Please set this value or disable mails sending."
+            )
+        return None
 
     def patches(self) -> Patches:
         return load_patches(self.patches_file)
@@ -105,6 +118,13 @@ PLAIN_FIELDS = {
 }
 
 
+def legacy_flag(value: str | None) -> bool:
+    """The legacy's reading of SEND_MATCHING_MAILS: true only for "True" or "true"; unset,
+    empty or anything else ("1", "yes", "TRUE") is false, so a deployment's existing environment
+    mails exactly whom it mailed before."""
+    return value in ("True", "true")
+
+
 def build_registry_resource() -> RegistryResource:
     """The resource from the environment: secrets as ``EnvVar``, the rest as plain values."""
     values: dict[str, Any] = {}
@@ -114,8 +134,7 @@ def build_registry_resource() -> RegistryResource:
     for fieldname, env in PLAIN_FIELDS.items():
         if env_str(env) is not None:
             values[fieldname] = env_str(env)
-    if env_str("SEND_MATCHING_MAILS") is not None:
-        values["send_matching_mails"] = env_bool("SEND_MATCHING_MAILS", True)
+    values["send_matching_mails"] = legacy_flag(env_str("SEND_MATCHING_MAILS"))
     if env_str("FUZZ_LIMIT") is not None:
         values["fuzz_limit"] = int(env_str("FUZZ_LIMIT") or DEFAULT_FUZZ_LIMIT)
     return RegistryResource(**values)

@@ -70,23 +70,36 @@ def _sync_metadata(result: DomainSync) -> dict[str, object]:
         [(ext, name, "; ".join(why), stored) for ext, name, why, stored in report.failed_checks],
         columns=["external_id", "name", "failed checks", "stored"],
     )
+    # A field the registry added is ignored (as the legacy's store ignored it) but shown here, so
+    # that someone decides whether the cache should keep it.
+    unknown = pd.DataFrame(
+        [
+            (path, len(ids), ", ".join(dict.fromkeys(ids[:5])))
+            for path, ids in sorted(report.unknown_fields.items())
+        ],
+        columns=["field", "records", "e.g. external ids"],
+    )
     return {
         "updated_since": str(result.window) if result.window else "everything",
         "fetched": report.fetched,
         "inserted": report.inserted,
         "updated": report.updated,
         "unchanged": report.unchanged,
+        "organizations": report.counted,
         "failed_checks": len(report.failed_checks),
         "rejected": len(report.rejected),
         "errors": len(report.rejected),
         "contacts_added": report.contacts_added,
         "contacts_removed": report.contacts_removed,
+        "users_renamed": report.users_renamed,
+        "unknown_fields": len(report.unknown_fields),
         "unused_users_deleted": report.users_deleted,
         "statements": report.statements,
         "seconds": round(result.seconds, 2),
         "dagster/row_count": result.stored,
         "rejected_records": md_frame(rejected),
         "failed_check_records": md_frame(failed),
+        "unknown_field_records": md_frame(unknown),
     }
 
 
@@ -95,7 +108,8 @@ _DESCRIPTION = (
     "(address, country, represent and its history, contact users, types, business profiles), with "
     "the EEA double checks into check_passed. Incremental: since the newest date_updated stored minus "
     "one day, unless run config gives days or updated_since. A malformed record is rejected alone "
-    "(registry.sync_rejection); unchanged records are skipped."
+    "(registry.sync_rejection); fields nobody reads are ignored and listed in the metadata; unchanged "
+    "records skip the writes but have their checks re-run and, passing, their BDR folder checked."
 )
 
 
@@ -105,6 +119,9 @@ def _undertakings_asset(domain: str, label: str) -> dg.AssetsDefinition:
         group_name=GROUP,
         kinds={"postgres", "api"},
         deps=[registry_reference_tables],
+        # One sync at a time, whichever run asks (poll, schedule, bootstrap): two set-based
+        # upserts of the same undertakings would only wait on each other's row locks.
+        pool="registry_sync",
         # `sync: false` yields nothing: the asset is not materialized by such a run (the BDR
         # collections step fans in from both domains, so it still runs; see defs/collections.py).
         output_required=False,
@@ -144,6 +161,8 @@ def _undertakings_asset(domain: str, label: str) -> dg.AssetsDefinition:
         )
         for external_id, reason in report.rejected:
             context.log.warning(f"{domain} record {external_id} rejected: {reason}")
+        for path, ids in sorted(report.unknown_fields.items()):
+            context.log.warning(f"{domain}: field {path!r} is not read (ignored) in {len(ids)} records")
         yield dg.MaterializeResult(metadata=_sync_metadata(result))
 
     return _asset

@@ -21,7 +21,7 @@ from ecr_pipelines.registry.clients import BdrEndpointClient, bdr_country
 
 DUE = """
 SELECT u.id, u.external_id, u.domain, u.name, u.country_code, u.oldcompany_account,
-       u.represent_id IS NULL AND c.type = 'NONEU_TYPE' AS non_eu
+       u.represent_id IS NULL AND c.type IS NOT DISTINCT FROM 'NONEU_TYPE' AS non_eu
 FROM registry.undertaking u
 LEFT JOIN registry.address a ON a.id = u.address_id
 LEFT JOIN registry.country c ON c.id = a.country_id
@@ -47,15 +47,16 @@ class CollectionsReport:
 
 def _create_or_bind(bdr: BdrEndpointClient, row: sa.Row, report: CollectionsReport) -> tuple[bool, str]:
     folder = row.oldcompany_account or str(row.external_id)
-    exists = bdr.folder_exists(row.domain, row.country_code, folder)
+    exists = bdr.folder_exists(row.domain, row.country_code, folder, bool(row.non_eu))
     if exists:
         report.existing += 1
         return True, "folder exists"
     if exists is None:
         return False, "BDR could not tell whether the folder exists"
     country = "NON_EU" if row.non_eu else row.country_code
+    # Legacy: the old collection is named only when the company has a (non-empty) account.
     result = bdr.update_company_collection(
-        row.external_id, row.domain, country, row.name, row.oldcompany_account
+        row.external_id, row.domain, country, row.name, row.oldcompany_account or None
     )
     if result.ok:
         report.created.append((row.external_id, row.domain, row.name))
@@ -89,8 +90,10 @@ def sync_collections(
     with engine.connect() as conn:
         companies = conn.execute(
             sa.text(
-                "SELECT external_id, domain, name, country_code, oldcompany_account FROM registry.undertaking "
-                "ORDER BY id"
+                "SELECT u.external_id, u.domain, u.name, u.country_code, u.oldcompany_account, "
+                "u.represent_id IS NULL AND c.type IS NOT DISTINCT FROM 'NONEU_TYPE' AS non_eu "
+                "FROM registry.undertaking u LEFT JOIN registry.address a ON a.id = u.address_id "
+                "LEFT JOIN registry.country c ON c.id = a.country_id ORDER BY u.id"
             )
         ).all()
     for u in companies:
@@ -100,6 +103,9 @@ def sync_collections(
         if not u.country_code:
             report.not_renamed.append((u.external_id, u.domain))
             continue
-        result = bdr.rename_collection(u.country_code, u.domain, u.external_id, u.name, u.oldcompany_account)
-        report.renamed.append((u.external_id, bdr_country(u.country_code), title, u.name, result.ok))
+        result = bdr.rename_collection(
+            u.country_code, u.domain, u.external_id, u.name, u.oldcompany_account, bool(u.non_eu)
+        )
+        country = "non_eu" if u.non_eu else bdr_country(u.country_code)
+        report.renamed.append((u.external_id, country, title, u.name or "", result.ok))
     return report

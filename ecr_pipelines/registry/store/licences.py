@@ -1,6 +1,11 @@
 """ODS single-year licences (tables ``delivery_licence``, ``substance``, ``licence``,
 ``licence_rejection``): one delivery per (company, year), its substances rebuilt when newer
-licence data arrives."""
+licence data arrives, and the operator's ``PATCH_LICENCES`` as substance rows marked ``patched``.
+
+The legacy rebuilt a delivery by deleting its substances, and its ORM cascade (substance →
+delivery) deleted the delivery with them, so a re-sync with newer data crashed on the deleted
+delivery. Here the delivery stays and only its aggregated substances are replaced.
+"""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,8 +16,8 @@ from ecr_pipelines.registry.clients import RegistryClient
 from ecr_pipelines.registry.licences import (
     LicenceAggregation,
     aggregate_licences,
-    apply_licence_patches,
     needs_rebuild,
+    patch_quantity,
 )
 
 
@@ -26,6 +31,8 @@ class LicenceReport:
     licences: int = 0
     patched: int = 0
     unknown_organizations: list[int] = field(default_factory=list)
+    # PATCH_LICENCES entries not stored: (company_id, year, why).
+    unusable_patches: list[tuple[Any, Any, str]] = field(default_factory=list)
     untranslated: list[tuple[int, int | None, str]] = field(default_factory=list)  # org, licence, reason
 
 
@@ -36,8 +43,8 @@ def store_licences(
     run_id: str | None = None,
 ) -> LicenceReport:
     """One delivery per (ODS company, year); its substances are rebuilt when newer licence data
-    arrived (licence rows are upserted and re-pointed, never lost). PATCH_LICENCES entries of the
-    company and year are stored as extra substance rows marked ``patched``."""
+    arrived (licence rows are upserted and re-pointed, never lost). Then every PATCH_LICENCES
+    entry is (re)stored, see :func:`store_patched_substances`."""
     year = aggregation.year
     report = LicenceReport(year, unknown_organizations=list(aggregation.unknown_organizations))
     undertakings = dict(
@@ -61,7 +68,8 @@ def store_licences(
         if not needs_rebuild(stored, company.updated_since):
             continue
         report.rebuilt += 1
-        sql.exec("DELETE FROM registry.substance WHERE delivery_id = :d", {"d": delivery_id})
+        # The aggregates only: the patched rows are the operator's, rewritten below every run.
+        sql.exec("DELETE FROM registry.substance WHERE delivery_id = :d AND NOT patched", {"d": delivery_id})
         substance_ids = sql.values(
             "INSERT INTO registry.substance (year, substance, lic_use_kind, lic_use_desc, lic_type, "
             "s_orig_country_name, organization_country_name, quantity, delivery_id) VALUES %s RETURNING id",
@@ -126,38 +134,92 @@ def store_licences(
                 for r in company.licences
             ],
         )
-        patch_rows = apply_licence_patches([], patches, org_id, year)
-        sql.values(
-            "INSERT INTO registry.substance (year, substance, lic_use_kind, lic_use_desc, lic_type, "
-            "s_orig_country_name, organization_country_name, quantity, delivery_id, patched) VALUES %s",
-            [
-                (
-                    year,
-                    p.get("substance"),
-                    p.get("use_kind"),
-                    p.get("use_desc"),
-                    p.get("type"),
-                    p.get("s_orig_country_name"),
-                    p.get("organization_country_name"),
-                    p.get("quantity") or 0,
-                    delivery_id,
-                    True,
-                )
-                for p in patch_rows
-            ],
-        )
         sql.exec(
             "UPDATE registry.delivery_licence SET updated_since = :s, date_updated = current_date WHERE id = :d",
             {"s": company.updated_since, "d": delivery_id},
         )
         report.substances += len(company.substances)
         report.licences += len(company.licences)
-        report.patched += len(patch_rows)
+    report.patched, report.unusable_patches = store_patched_substances(sql, patches)
     sql.values(
         "INSERT INTO registry.licence_rejection (run_id, year, organization_id, licence_id, reason) VALUES %s",
         [(run_id, year, org, lic, reason) for org, lic, reason in report.untranslated],
     )
     return report
+
+
+def store_patched_substances(
+    sql: Sql, patches: Sequence[Mapping[str, Any]]
+) -> tuple[int, list[tuple[Any, Any, str]]]:
+    """Store every ``PATCH_LICENCES`` entry (all years) as a substance row marked ``patched``.
+
+    The legacy appended the entries to its API answers whenever the data was read, so an edit of
+    the patches counted at once, whether or not new licence data came, and also for a company
+    with no delivery that year. Here every licence run rewrites all patched rows from the current
+    file (a removed entry disappears too) and creates the delivery an entry needs. Returns the
+    number stored and the entries that could not be (no company/year, or not an ODS company).
+    """
+    sql.exec("DELETE FROM registry.substance WHERE patched")
+    unusable: list[tuple[Any, Any, str]] = []
+    entries: list[tuple[int, int, Mapping[str, Any]]] = []
+    for entry in patches:
+        if not isinstance(entry, Mapping):
+            unusable.append((None, None, f"not an object: {entry!r}"))
+            continue
+        try:
+            patch_quantity(entry)
+            entries.append((int(entry["company_id"]), int(entry["year"]), entry))
+        except (KeyError, TypeError, ValueError):
+            unusable.append(
+                (entry.get("company_id"), entry.get("year"), "needs company_id, year and a number")
+            )
+    if not entries:
+        return 0, unusable
+    undertakings = dict(
+        sql.all(
+            "SELECT external_id, id FROM registry.undertaking WHERE domain = 'ODS' AND external_id = ANY(:ids)",
+            {"ids": sorted({company for company, _, _ in entries})},
+        )
+    )
+    wanted = sorted({(undertakings[c], y) for c, y, _ in entries if c in undertakings})
+    sql.values(
+        "INSERT INTO registry.delivery_licence (undertaking_id, year) VALUES %s "
+        "ON CONFLICT (undertaking_id, year) DO NOTHING",
+        wanted,
+    )
+    deliveries = {
+        (r.undertaking_id, r.year): r.id
+        for r in sql.all(
+            "SELECT id, undertaking_id, year FROM registry.delivery_licence WHERE undertaking_id = ANY(:u)",
+            {"u": sorted({u for u, _ in wanted})},
+        )
+    }
+    rows = []
+    for company, year, entry in entries:
+        undertaking_id = undertakings.get(company)
+        if undertaking_id is None:
+            unusable.append((company, year, "not an ODS undertaking of the cache"))
+            continue
+        rows.append(
+            (
+                year,
+                entry.get("substance"),
+                entry.get("use_kind"),
+                entry.get("use_desc"),
+                entry.get("type"),
+                entry.get("s_orig_country_name"),
+                entry.get("organization_country_name"),
+                patch_quantity(entry),
+                deliveries[(undertaking_id, year)],
+                True,
+            )
+        )
+    sql.values(
+        "INSERT INTO registry.substance (year, substance, lic_use_kind, lic_use_desc, lic_type, "
+        "s_orig_country_name, organization_country_name, quantity, delivery_id, patched) VALUES %s",
+        rows,
+    )
+    return len(rows), unusable
 
 
 @dataclass

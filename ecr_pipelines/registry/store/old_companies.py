@@ -15,6 +15,7 @@ class OldCompanyReport:
     fetched: int = 0
     upserted: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    unknown_fields: dict[str, list[str]] = field(default_factory=dict)  # field → BDR pks
 
 
 def sync_old_companies(sql: Sql, obligation: str, raws: Sequence[Any]) -> OldCompanyReport:
@@ -28,6 +29,8 @@ def sync_old_companies(sql: Sql, obligation: str, raws: Sequence[Any]) -> OldCom
             report.rejected.append((str(raw.get("pk") if isinstance(raw, Mapping) else "?"), exc.reason))
             continue
         parsed[company.external_id] = company
+        for path in company.unknown_fields:
+            report.unknown_fields.setdefault(path, []).append(str(company.external_id))
     sql.values(
         """
         INSERT INTO registry.old_company (external_id, name, country_code, account, vat_number, eori, active,

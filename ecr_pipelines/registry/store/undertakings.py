@@ -3,12 +3,15 @@ type, business-profile and history tables), set-based and idempotent.
 
 ``UndertakingSync`` applies the legacy upsert rules to a stream of raw F-gas / ODS records in
 batches: a handful of statements per batch, not per company. What it keeps from the legacy
-service: table and column names, representative and country history, the derived country code,
-the "EEA double checks" into ``check_passed``, contact persons, new ODS companies that fail the
-checks are not stored, the BDR queue (``bdr_due``). What it fixes (research notes §7): a malformed
-record is rejected alone with its reason; contact removal removes exactly the persons missing from
-the payload; country rows take the latest name and type; re-running a sync changes nothing (a
-record whose content hash is unchanged is skipped). ``sync_domain`` is the whole stage: window,
+service: table and column names, the nulls it stored, representative and country history, the
+derived country code, the "EEA double checks" into ``check_passed`` (re-run for every fetched
+record), contact persons found by user name or else by e-mail, new ODS companies that fail the
+checks are not stored, the BDR queue (``bdr_due``: every fetched company that passes, or whose
+representative changed) and what ``organization_log`` counts. What it fixes (research notes §7):
+a malformed record is rejected alone with its reason (a key nobody reads is ignored and
+reported); contact removal removes exactly the persons missing from the payload; country rows
+take the latest name and type. A record whose content hash is unchanged skips the parse and the
+writes (only its checks and BDR queueing run again). ``sync_domain`` is the whole stage: window,
 fetch, upsert, ``organization_log``.
 """
 
@@ -40,7 +43,6 @@ from ecr_pipelines.registry.rules import (
     RepresentativeChangeKind,
     country_history_additions,
     derive_country_code,
-    diff_contact_persons,
     representative_change,
     run_double_checks,
     updated_since,
@@ -57,11 +59,17 @@ class SyncReport:
     updated: int = 0
     unchanged: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)  # external id, reason
-    failed_checks: list[tuple[int, str, list[str], bool]] = field(
+    failed_checks: list[tuple[int, str | None, list[str], bool]] = field(
         default_factory=list
     )  # id, name, why, stored
+    # Payload fields nobody reads (the registry added one): field path → external ids.
+    unknown_fields: dict[str, list[str]] = field(default_factory=dict)
+    # What the legacy counted into organization_log.organizations: every fetched record it
+    # stored, unchanged ones included (all F-gas records, ODS ones that passed or existed).
+    counted: int = 0
     contacts_added: int = 0
     contacts_removed: int = 0
+    users_renamed: int = 0
     users_deleted: int = 0
     statements: int = 0
 
@@ -100,6 +108,17 @@ class _Prepared:
 
 
 @dataclass
+class _Unchanged:
+    """A record whose content hash equals the stored one: only its checks run again."""
+
+    id: int
+    external_id: int
+    name: str | None
+    passed: bool
+    messages: list[str]
+
+
+@dataclass
 class _Existing:
     id: int
     source_hash: str | None
@@ -109,7 +128,27 @@ class _Existing:
     represent_vat: str | None
     represent_address_id: int | None
     history: list[str]
-    usernames: list[str]
+    user_ids: list[int]
+
+
+@dataclass
+class _User:
+    """A ``registry."user"`` row while a batch resolves its contact persons (id None: new)."""
+
+    id: int | None
+    username: str
+    ecas_id: str | None
+    first_name: str | None
+    last_name: str | None
+    email: str | None
+    type: str | None
+    renamed: bool = False
+    dirty: bool = False
+
+
+# A passing username for the first step of renaming users whose names swap (registry user names
+# have no blanks, so this collides with none).
+_RENAME_PREFIX = " renaming "
 
 
 class UndertakingSync:
@@ -138,19 +177,29 @@ class UndertakingSync:
         self.report = SyncReport(domain)
 
     # -- preparing ---------------------------------------------------------------------------
+    def _checked(self, raw: Mapping[str, Any], external_id: str) -> tuple[dict[str, Any], list[str]]:
+        """The record as the checks see it (PATCH_GB_OLD_REPR merged) and the failed rules."""
+        record = dict(raw)
+        if self.domain == FGAS:
+            record = apply_gb_old_representative_patch(record, self.patches.gb_old_repr.get(external_id))
+        # The checks see the registry's data; PATCH_COMPANIES only changes what is stored.
+        return record, run_double_checks(record, self.domain, self.refs, self.excepted)
+
     def _prepare(self, raw: Any, source_hash: str) -> _Prepared | None:
         external_id = str(raw.get("id")) if isinstance(raw, Mapping) else "?"
         try:
             if not isinstance(raw, Mapping):
                 raise RecordRejected("bad value in record: expected an object")
-            record = dict(raw)
-            if self.domain == FGAS:
-                record = apply_gb_old_representative_patch(record, self.patches.gb_old_repr.get(external_id))
-            # The checks see the registry's data; PATCH_COMPANIES only changes what is stored.
-            messages = run_double_checks(record, self.domain, self.refs, self.excepted)
-            patched = apply_company_patch(record, self.patches.companies.get(external_id))
-            extra_raw = self.patches.users.get(external_id, [])
-            undertaking = parse_undertaking(patched, self.refs, parse_patch_users(extra_raw))
+            try:
+                record, messages = self._checked(raw, external_id)
+                patched = apply_company_patch(record, self.patches.companies.get(external_id))
+                extra_raw = self.patches.users.get(external_id, [])
+                undertaking = parse_undertaking(patched, self.refs, parse_patch_users(extra_raw))
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                if isinstance(exc, RecordRejected):
+                    raise
+                # A shape nobody foresaw is still this record's problem, never the batch's.
+                raise RecordRejected(f"malformed record: {type(exc).__name__}: {exc}") from exc
             if undertaking.domain != self.domain:
                 raise RecordRejected(
                     f"bad value in domain: {undertaking.domain!r} from the {self.domain} registry"
@@ -169,6 +218,8 @@ class UndertakingSync:
                 },
             )
             return None
+        for path in undertaking.unknown_fields:
+            self.report.unknown_fields.setdefault(path, []).append(external_id)
         passed = not messages
         return _Prepared(patched, undertaking, passed, messages, source_hash)
 
@@ -196,9 +247,8 @@ class UndertakingSync:
             "JOIN registry.country c ON c.id = h.country_id WHERE h.undertaking_id = ANY(:ids)",
             internal_ids,
         )
-        usernames = self.sql.grouped(
-            'SELECT uu.undertaking_id, us.username FROM registry.undertaking_users uu JOIN registry."user" us '
-            "ON us.id = uu.user_id WHERE uu.undertaking_id = ANY(:ids)",
+        user_ids = self.sql.grouped(
+            "SELECT undertaking_id, user_id FROM registry.undertaking_users WHERE undertaking_id = ANY(:ids)",
             internal_ids,
         )
         return {
@@ -211,7 +261,7 @@ class UndertakingSync:
                 r.represent_vat,
                 r.represent_address_id,
                 sorted(history.get(r.id, [])),
-                usernames.get(r.id, []),
+                user_ids.get(r.id, []),
             )
             for r in rows
         }
@@ -257,31 +307,71 @@ class UndertakingSync:
         self.report.fetched += len(raws)
         fingerprints = [self._fingerprint(raw) for raw in raws]
         existing = self._existing([f[0] for f in fingerprints if f is not None])
-        prepared: dict[int, _Prepared] = {}
+        latest: dict[int, _Prepared | _Unchanged] = {}  # a repeated id: the last one wins
         for raw, fingerprint in zip(raws, fingerprints, strict=True):
-            if fingerprint is not None and not self.force:
-                old = existing.get(fingerprint[0])
-                # Same content as stored: nothing to parse, check or write.
-                if old is not None and old.source_hash == fingerprint[1]:
-                    prepared.pop(fingerprint[0], None)
-                    self.report.unchanged += 1
-                    continue
+            old = existing.get(fingerprint[0]) if fingerprint is not None else None
+            if (
+                fingerprint is not None
+                and old is not None
+                and not self.force
+                and old.source_hash == fingerprint[1]
+            ):
+                # Same content as stored: no parse, no writes. The legacy still ran the checks
+                # (their inputs include settings and reference tables the hash does not see) and
+                # queued a passing company's BDR folder check, so those still happen.
+                _, messages = self._checked(raw, str(fingerprint[0]))
+                name = raw.get("name")
+                latest[fingerprint[0]] = _Unchanged(
+                    old.id, fingerprint[0], name if isinstance(name, str) else None, not messages, messages
+                )
+                self.report.unchanged += 1
+                self.report.counted += 1
+                continue
             item = self._prepare(raw, fingerprint[1] if fingerprint else "")
-            if item is not None:
-                prepared[item.undertaking.external_id] = item  # a repeated id: the last one wins
+            if item is None:
+                continue
+            ext_id = item.undertaking.external_id
+            latest[ext_id] = item
+            # Legacy rule: every F-gas record is stored; an ODS one only when it passed or exists.
+            if item.passed or existing.get(ext_id) is not None or self.domain == FGAS:
+                self.report.counted += 1
         todo: list[tuple[_Prepared, _Existing | None]] = []
-        for ext_id, item in prepared.items():
+        rechecked: list[_Unchanged] = []
+        for ext_id, entry in latest.items():
+            if isinstance(entry, _Unchanged):
+                if not entry.passed:
+                    self.report.failed_checks.append((ext_id, entry.name, entry.messages, True))
+                rechecked.append(entry)
+                continue
             old = existing.get(ext_id)
-            if not item.passed:
+            if not entry.passed:
                 self.report.failed_checks.append(
-                    (ext_id, item.undertaking.name, item.messages, old is not None or self.domain == FGAS)
+                    (ext_id, entry.undertaking.name, entry.messages, old is not None or self.domain == FGAS)
                 )
                 # Legacy rule: a new ODS company that fails the checks is not stored.
                 if old is None and self.domain == ODS:
                     continue
-            todo.append((item, old))
+            todo.append((entry, old))
+        if rechecked:
+            self._write_rechecked(rechecked)
         if todo:
             self._write(todo)
+
+    def _write_rechecked(self, rechecked: list[_Unchanged]) -> None:
+        """The checks' outcome of unchanged records; a passing one is queued for its BDR folder
+        check (``bdr_due``), as the legacy queued every passing company it fetched."""
+        self.sql.values(
+            """
+            UPDATE registry.undertaking u SET check_passed = v.passed, check_messages = v.messages,
+                date_updated_in_ecr = CASE WHEN u.check_passed IS DISTINCT FROM v.passed
+                                           THEN v.today ELSE u.date_updated_in_ecr END,
+                bdr_due = u.bdr_due OR v.passed
+            FROM (VALUES %s) AS v (id, passed, messages, today)
+            WHERE u.id = v.id
+            """,
+            [(r.id, r.passed, json.dumps(r.messages), self.today) for r in rechecked],
+            template="(%s, %s, %s::jsonb, %s::date)",
+        )
 
     def _write(self, todo: list[tuple[_Prepared, _Existing | None]]) -> None:
         sql = self.sql
@@ -383,7 +473,7 @@ class UndertakingSync:
                     u.date_updated,
                     self.today if old is not None else None,
                     u.status,
-                    derive_country_code(u) or "",
+                    derive_country_code(u),  # NULL when there is none, as the legacy stored it
                     u.country_code_orig,
                     u.undertaking_type,
                     u.vat,
@@ -478,44 +568,152 @@ class UndertakingSync:
     def _write_contacts(
         self, todo: list[tuple[_Prepared, _Existing | None]], internal: dict[int, int]
     ) -> None:
+        """Link every undertaking to the users of its payload, found the legacy way.
+
+        Per person, in payload order: the user with that user name, else (legacy rule) the
+        oldest user with that e-mail, unless the user name is an e-mail and the payload repeats
+        an e-mail. A user found by e-mail takes the new user name and keeps its row and
+        ``ecas_id``, so a registry login rename does not cut the user off BDR (BDR looks users up
+        by ``ecas_id``). Then: ``ecas_id`` set to the user name when empty (and the name is not an
+        e-mail); a ``type`` overwritten only when the payload has the key (a new user without it
+        stores NULL). Links to users no longer in the payload are removed (all of them when the
+        payload is empty: the legacy loop removed nobody then).
+        """
         sql = self.sql
-        people: dict[str, ContactPerson] = {}
-        links: list[tuple[int, str]] = []
-        removals: list[tuple[int, list[str]]] = []
-        for item, old in todo:
-            u = item.undertaking
-            diff = diff_contact_persons(old.usernames if old else [], u.contact_persons)
-            self.report.contacts_added += len(diff.to_add)
-            self.report.contacts_removed += len(diff.to_remove)
-            for person in u.contact_persons:
-                people[person.username] = person
-                links.append((internal[u.external_id], person.username))
-            if diff.to_remove:
-                removals.append((internal[u.external_id], list(diff.to_remove)))
-        user_ids = dict(
-            sql.values(
-                'INSERT INTO registry."user" (username, ecas_id, first_name, last_name, email, type) VALUES %s '
-                "ON CONFLICT (username) DO UPDATE SET first_name = EXCLUDED.first_name, "
-                "last_name = EXCLUDED.last_name, email = EXCLUDED.email, "
-                'type = coalesce(EXCLUDED.type, registry."user".type), '
-                "ecas_id = coalesce(nullif(registry.\"user\".ecas_id, ''), EXCLUDED.ecas_id) "
-                "RETURNING username, id",
-                [
-                    (p.username, p.ecas_id, p.first_name, p.last_name, p.email, p.type)
-                    for p in people.values()
-                ],
-                fetch=True,
+        persons = [p for item, _ in todo for p in item.undertaking.contact_persons]
+        if not persons and not any(old is not None and old.user_ids for _, old in todo):
+            return
+        usernames = list({p.username for p in persons})
+        emails = list({p.email for p in persons if p.email})
+        users = [
+            _User(r.id, r.username, r.ecas_id, r.first_name, r.last_name, r.email, r.type)
+            for r in sql.all(
+                'SELECT id, username, ecas_id, first_name, last_name, email, type FROM registry."user" '
+                "WHERE username = ANY(:u) OR email = ANY(:e) ORDER BY id",
+                {"u": usernames, "e": emails},
             )
-        )
-        sql.values(
-            "INSERT INTO registry.undertaking_users (undertaking_id, user_id) VALUES %s ON CONFLICT DO NOTHING",
-            list({(uid, user_ids[name]) for uid, name in links}),
+        ]
+        by_username = {u.username: u for u in users}
+        by_email: dict[str, list[_User]] = {}
+        for user in users:  # oldest first: the legacy's `.first()` on an unordered scan
+            if user.email:
+                by_email.setdefault(user.email, []).append(user)
+        created: list[_User] = []
+        resolved: list[tuple[int, list[_User]]] = []  # undertaking id, its users
+
+        def move_email(user: _User, email: str | None) -> None:
+            if user.email:
+                by_email[user.email].remove(user)
+            if email:
+                group = by_email.setdefault(email, [])
+                group.append(user)
+                group.sort(key=lambda u: (u.id is None, u.id or 0))
+
+        for item, _ in todo:
+            contacts = item.undertaking.contact_persons
+            repeated_emails = len({p.email for p in contacts}) != len(contacts)
+            mine: list[_User] = []
+            for person in contacts:
+                user = by_username.get(person.username)
+                if user is None and person.email and not ("@" in person.username and repeated_emails):
+                    same_email = by_email.get(person.email)
+                    user = same_email[0] if same_email else None
+                if user is None:
+                    user = _User(
+                        None,
+                        person.username,
+                        person.ecas_id,
+                        person.first_name,
+                        person.last_name,
+                        person.email,
+                        person.type,
+                    )
+                    created.append(user)
+                    by_username[user.username] = user
+                    if user.email:
+                        by_email.setdefault(user.email, []).append(user)  # newest: last
+                else:
+                    self._update_user(user, person, by_username, move_email)
+                if user not in mine:
+                    mine.append(user)
+            resolved.append((internal[item.undertaking.external_id], mine))
+
+        renamed = [u for u in users if u.renamed]
+        self.report.users_renamed += len(renamed)
+        # Two steps, so that users whose names swap never collide on the unique user name.
+        sql.batch(
+            'UPDATE registry."user" SET username = %s WHERE id = %s',
+            [(f"{_RENAME_PREFIX}{u.id}", u.id) for u in renamed],
         )
         sql.batch(
-            'DELETE FROM registry.undertaking_users uu USING registry."user" us WHERE uu.user_id = us.id '
-            "AND uu.undertaking_id = %s AND us.username = ANY(%s)",
+            'UPDATE registry."user" SET username = %s, ecas_id = %s, first_name = %s, last_name = %s, '
+            "email = %s, type = %s WHERE id = %s",
+            [
+                (u.username, u.ecas_id, u.first_name, u.last_name, u.email, u.type, u.id)
+                for u in users
+                if u.dirty
+            ],
+        )
+        new_ids = sql.values(
+            # ON CONFLICT: the other domain's sync may have created the same user meanwhile.
+            'INSERT INTO registry."user" (username, ecas_id, first_name, last_name, email, type) VALUES %s '
+            "ON CONFLICT (username) DO UPDATE SET first_name = EXCLUDED.first_name, "
+            "last_name = EXCLUDED.last_name, email = EXCLUDED.email, "
+            'type = coalesce(EXCLUDED.type, registry."user".type), '
+            "ecas_id = coalesce(nullif(registry.\"user\".ecas_id, ''), EXCLUDED.ecas_id) RETURNING id",
+            [(u.username, u.ecas_id, u.first_name, u.last_name, u.email, u.type) for u in created],
+            fetch=True,
+        )
+        for user, row in zip(created, new_ids, strict=True):
+            user.id = row[0]
+
+        before = {internal[item.undertaking.external_id]: set(old.user_ids) for item, old in todo if old}
+        links: set[tuple[int, int]] = set()
+        removals: list[tuple[int, list[int]]] = []
+        for undertaking_id, mine in resolved:
+            wanted = {u.id for u in mine if u.id is not None}
+            linked = before.get(undertaking_id, set())
+            links.update((undertaking_id, user_id) for user_id in wanted)
+            self.report.contacts_added += len(wanted - linked)
+            gone = sorted(linked - wanted)
+            self.report.contacts_removed += len(gone)
+            if gone:
+                removals.append((undertaking_id, gone))
+        sql.values(
+            "INSERT INTO registry.undertaking_users (undertaking_id, user_id) VALUES %s ON CONFLICT DO NOTHING",
+            sorted(links),
+        )
+        sql.batch(
+            "DELETE FROM registry.undertaking_users WHERE undertaking_id = %s AND user_id = ANY(%s)",
             removals,
         )
+
+    @staticmethod
+    def _update_user(
+        user: _User,
+        person: ContactPerson,
+        by_username: dict[str, _User],
+        move_email: Callable[[_User, str | None], None],
+    ) -> None:
+        """The legacy update of a known user from a payload person (only what differs)."""
+        if user.username != person.username:
+            by_username.pop(user.username, None)
+            by_username[person.username] = user
+            user.username = person.username
+            user.renamed = user.id is not None
+            user.dirty = True
+        if user.email != person.email:
+            move_email(user, person.email)
+            user.email = person.email
+            user.dirty = True
+        for attribute in ("first_name", "last_name") + (("type",) if person.has_type else ()):
+            value = getattr(person, attribute)
+            if getattr(user, attribute) != value:
+                setattr(user, attribute, value)
+                user.dirty = True
+        if not user.ecas_id and person.ecas_id:
+            user.ecas_id = person.ecas_id
+            user.dirty = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,8 +743,14 @@ class SyncRequest:
 
     @property
     def single(self) -> bool:
-        """One company asked by id: no window, and no organization_log row (as the legacy CLI)."""
+        """One company asked by id or registration number: no window (as the legacy CLI)."""
         return self.external_id is not None or bool(self.registration_id)
+
+    @property
+    def logged(self) -> bool:
+        """Whether the run gets an ``organization_log`` row: the legacy skipped it only for a
+        company asked by external id (a registration-number fetch was logged)."""
+        return self.external_id is None
 
 
 @dataclass
@@ -593,14 +797,14 @@ def sync_domain(
         sql, domain, patches=patches, excepted=excepted, run_id=run_id, today=today, force=request.force
     )
     report = sync.run(records())
-    if not request.single:
+    if request.logged:
         sql.exec(
             "INSERT INTO registry.organization_log (domain, using_last_update, organizations, fetched, inserted, "
             "updated, rejected, failed_checks, run_id) VALUES (:d, :w, :n, :f, :i, :u, :r, :c, :run)",
             {
                 "d": domain,
                 "w": window,
-                "n": report.stored,
+                "n": report.counted,
                 "f": report.fetched,
                 "i": report.inserted,
                 "u": report.updated,
