@@ -181,3 +181,38 @@ def dagster_cli_env(
         PYTHONWARNINGS="ignore",
     )
     return env
+
+
+def run_sql(url: str, text: str) -> None:
+    """Run a script of SQL statements in one transaction on its own connection."""
+    from sqlalchemy.pool import NullPool
+
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(text)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def legacy_database(pg_server_url: str) -> Iterator[Any]:
+    """A factory: ``legacy_database(prefix, *sql_files)`` makes a database of its own filled by the
+    SQL files (a legacy service's schema and rows, written from the research notes) and returns its
+    URL; every database it made is dropped after the test."""
+    names: list[str] = []
+
+    def make(prefix: str, *files: Path) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        url = ensure_database(pg_server_url, name)
+        names.append(name)
+        for file in files:
+            run_sql(url, file.read_text())
+        return url
+
+    yield make
+    admin = sa.create_engine(with_database(pg_server_url, "postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -13,14 +13,13 @@ from typing import Any
 import boto3
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 
 from ecr_pipelines.__main__ import main
 from ecr_pipelines.iati.blobkeys import clean_key, lake_prefix, source_key
 from ecr_pipelines.iati.stages.download import detect_encoding
 from ecr_pipelines.lib.blobstore import BlobStore, LocalBlobStore, open_blob_store
-from ecr_pipelines.lib.database import ensure_database, with_database
 from ecr_pipelines.resources import DatabaseResource
+from ecr_pipelines_tests.conftest import run_sql
 
 LEGACY = Path(__file__).parent / "legacy"
 UTC = dt.UTC
@@ -32,27 +31,10 @@ LAKE_A = hashlib.sha1(b"XM-DAC-41140-A1").hexdigest()
 TABLES = {"publisher": "org_id", "validation": "id", "document": "id"}
 
 
-def _run_sql(url: str, text: str) -> None:
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(text)
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture
-def legacy_url(pg_server_url: str) -> Iterator[str]:
+def legacy_url(legacy_database: Any) -> str:
     """A refresher database of its own, filled with ``legacy/data.sql``."""
-    name = f"refresher_{uuid.uuid4().hex[:10]}"
-    url = ensure_database(pg_server_url, name)
-    _run_sql(url, (LEGACY / "schema.sql").read_text())
-    _run_sql(url, (LEGACY / "data.sql").read_text())
-    yield url
-    admin = sa.create_engine(with_database(pg_server_url, "postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    return legacy_database("refresher", LEGACY / "schema.sql", LEGACY / "data.sql")
 
 
 def _empty(db: DatabaseResource) -> None:
@@ -285,7 +267,7 @@ def test_a_database_that_is_not_the_refresher_is_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("BLOB_STORE_URL", str(tmp_path / "ours"))
-    _run_sql(
+    run_sql(
         legacy_url,
         "DROP TABLE adhoc_validation; ALTER TABLE document DROP COLUMN clean_end; DROP TABLE validation CASCADE",
     )

@@ -3,20 +3,18 @@ research notes' column lists, ``legacy/schema.sql``, with the rows of ``legacy/d
 into our ``registry`` schema, a second run that changes nothing, and the refusals."""
 
 import datetime as dt
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 
 from ecr_pipelines.__main__ import main
-from ecr_pipelines.lib.database import ensure_database, with_database
 from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.registry.store.reference import seed_reference_tables
 from ecr_pipelines.resources import DatabaseResource
+from ecr_pipelines_tests.conftest import run_sql
 
 LEGACY = Path(__file__).parent / "legacy"
 UTC = dt.UTC
@@ -49,27 +47,10 @@ TABLES = {
 }
 
 
-def _run_sql(url: str, text: str) -> None:
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(text)
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture
-def legacy_url(pg_server_url: str) -> Iterator[str]:
+def legacy_url(legacy_database: Any) -> str:
     """A legacy registry database of its own, filled with ``legacy/data.sql``."""
-    name = f"legacy_{uuid.uuid4().hex[:10]}"
-    url = ensure_database(pg_server_url, name)
-    _run_sql(url, (LEGACY / "schema.sql").read_text())
-    _run_sql(url, (LEGACY / "data.sql").read_text())
-    yield url
-    admin = sa.create_engine(with_database(pg_server_url, "postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    return legacy_database("legacy", LEGACY / "schema.sql", LEGACY / "data.sql")
 
 
 def _reset(db: DatabaseResource) -> None:
@@ -233,7 +214,7 @@ def test_a_later_run_brings_the_legacy_changes_made_meanwhile(
 ) -> None:
     assert _import(capsys, legacy_url)[0] == 0
     # The legacy keeps running: an operator verifies 10086 with old company 4022, a sync adds 10088.
-    _run_sql(
+    run_sql(
         legacy_url,
         """
         UPDATE undertaking SET oldcompany_verified = true, oldcompany_id = 42, oldcompany_account = 'ods4022',
@@ -275,7 +256,7 @@ def test_a_database_that_is_not_the_legacy_registry_is_refused(
     assert (code, "secret" in err) == (2, False)
     assert "cannot connect to postgresql+psycopg2://someone:***@127.0.0.1:1/registry" in err
 
-    _run_sql(legacy_url, "DROP TABLE mail_address; ALTER TABLE undertaking DROP COLUMN check_passed")
+    run_sql(legacy_url, "DROP TABLE mail_address; ALTER TABLE undertaking DROP COLUMN check_passed")
     before = _snapshot(target)
     code, out, err = _import(capsys, legacy_url)
     assert code == 2
@@ -292,7 +273,7 @@ def test_rows_the_target_cannot_take_are_all_named_and_nothing_changes(
 ) -> None:
     # Legacy problems: an undertaking twice, an old company without obligation, a type id that
     # means something else than in our reference tables.
-    _run_sql(
+    run_sql(
         legacy_url,
         """
         INSERT INTO undertaking (id, external_id, name, domain) VALUES (55, 10085, 'Polar again', 'FGAS');
