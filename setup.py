@@ -48,6 +48,9 @@ setup(
         # Reads the .env that `python -m ecr_pipelines env` writes (dagster depends on it too).
         "python-dotenv>=1.0",
         "boto3>=1.34",
+        # CKAN packager: fast JSON pages, streaming XLSX.
+        "orjson>=3.10",
+        "XlsxWriter>=3.2",
     ],
     extras_require={
         "dev": [
@@ -55,6 +58,7 @@ setup(
             "moto[server]>=5.0",
             "aiosmtpd>=1.4",
             "ruff>=0.6",
+            "openpyxl>=3.1",
         ],
     },
     entry_points={"console_scripts": ["ecr-pipelines=ecr_pipelines.__main__:main"]},

@@ -19,6 +19,11 @@ iati import-refresher LEGACY_URL [--blobs URL] [--schema S] [--check]
                          copy the IATI refresher's rows (and, with --blobs, its source, clean and
                          lake files) so that nothing already done is done again (re-runnable)
 
+ckan package --api-url URL --resource-id ID [--format csv|tsv|xlsx] [--limit N] [--offset N]
+             [--q Q] [--filters JSON] [--fields F] [--sort S] --out FILE.zip
+ckan package --kind url --resource-url URL --resource-id ID --out FILE.zip
+                        build one CKAN package (ZIP) without Dagster, mail or statistics
+
 demo, dev and standin need the development code (ecr_pipelines.dev), which a source checkout
 has and the Docker image leaves out.
 """
@@ -238,6 +243,12 @@ def _add_dotenv_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-dotenv", action="store_true", help="do not write a .env file")
 
 
+def _ckan(args: argparse.Namespace) -> int:
+    from ecr_pipelines.ckan.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ecr_pipelines",
@@ -295,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     refresher.add_argument("--lake-container", default="activity-lake", help="folder of the activity lake")
     refresher.add_argument("--workers", type=int, default=8, help="concurrent blob copies (default 8)")
     _add_import_options(refresher)
+    from ecr_pipelines.ckan.cli import add_subcommands
+
+    add_subcommands(sub)
     return parser
 
 
@@ -316,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "standin": _standin,
         "registry": _registry,
         "iati": _iati,
+        "ckan": _ckan,
     }
     try:
         return handlers[args.command](args)

@@ -110,6 +110,13 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
         "`true` (or `True`) mails the `registry.mail_address` list on verifications; needs `BDR_ENDPOINT_URL`.",
     ),
     # IATI refresher.
+    # CKAN packager (first increment: the packaging command).
+    EnvVarDoc("CKAN_PAGE_SIZE", "5000", "Rows per `datastore_search` page when packaging."),
+    EnvVarDoc(
+        "CKAN_SLOW_REQUEST",
+        "50000",
+        "Requests for more rows than this (or with no limit) go to the slow queue.",
+    ),
     EnvVarDoc(
         "IATI_SOURCE", "bds", "Index source: `bds` (Bulk Data Service) or `registry` (legacy CKAN registry)."
     ),
