@@ -63,6 +63,8 @@ class Stage:
     alias: str = "t"
     joins: str = ""
     on_claim: str | None = None
+    # The predicate's parameters as a default run binds them (a run may override any of them).
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -271,7 +273,7 @@ def select_due(
         f"SELECT {stage.item} FROM {stage.source} WHERE ({stage.due}) "
         f"AND {_not_claimed(stage)} ORDER BY {stage.order}" + (" LIMIT :_limit" if limit else "")
     )
-    rows = conn.execute(sa.text(sql), {**params, "_stage": stage.name, "_limit": limit}).all()
+    rows = conn.execute(sa.text(sql), {**stage.params, **params, "_stage": stage.name, "_limit": limit}).all()
     return [row[0] for row in rows]
 
 
@@ -362,7 +364,7 @@ def run_stage(
     refused one is replaced by ``refused(outcome, error)`` (default: a ``refused`` error that
     leaves the row as it was), so one item never sinks its batch.
     """
-    params = dict(params or {})
+    params = {**stage.params, **(params or {})}
     report = report or StageReport(stage.name)
     started = time.perf_counter()
     owner = _Owner(engine, run_id, stage.name)
@@ -448,4 +450,5 @@ def _record(
 def has_due(conn: Connection, stage: Stage, params: Mapping[str, Any] | None = None) -> bool:
     """Whether any item of ``stage`` is due and free (cheap: stops at the first one)."""
     sql = f"SELECT EXISTS (SELECT 1 FROM {stage.source} WHERE ({stage.due}) AND {_not_claimed(stage)})"
-    return bool(conn.execute(sa.text(sql), {**(params or {}), "_stage": stage.name}).scalar())
+    bound = {**stage.params, **(params or {}), "_stage": stage.name}
+    return bool(conn.execute(sa.text(sql), bound).scalar())

@@ -11,7 +11,6 @@ from ecr_pipelines.automation import run_in_flight
 from ecr_pipelines.iati.defs.jobs import SERVICE, SERVICE_TAG, iati_refresh_job, iati_stages_job
 from ecr_pipelines.iati.defs.resources import IatiResource, IatiValidatorResource, SolrResource
 from ecr_pipelines.iati.stages import clean, download, flatten, lake, solr, validate
-from ecr_pipelines.iati.validate import SUPPORTED_VERSIONS
 from ecr_pipelines.lib.batch import has_due
 from ecr_pipelines.lib.settings import env_str
 from ecr_pipelines.resources import DatabaseResource, HttpResource
@@ -54,16 +53,15 @@ def iati_index_sensor(
 
 def due_stages(db: DatabaseResource, validator: IatiValidatorResource, solr_configured: bool) -> list[str]:
     """The stages with due work, each asked with the selection its asset uses by default."""
-    versions = list(SUPPORTED_VERSIONS)
     checks = [
-        (download.STAGE, {"retry": False}),
-        (validate.STAGE, {"retry": False, "hold": validator.hold_hours * 3600.0}),
-        (clean.STAGE, {"retry": False, "versions": versions}),
-        (flatten.STAGE, {"retry": False}),
+        (download.STAGE, {}),
+        (validate.STAGE, {"hold": validator.hold_hours * 3600.0}),
+        (clean.STAGE, {}),
+        (flatten.STAGE, {}),
         (lake.STAGE, {}),
     ]
     if solr_configured:
-        checks.append((solr.STAGE, {"retry": False}))
+        checks.append((solr.STAGE, {}))
     with db.connect() as conn:
         return [stage.name for stage, params in checks if has_due(conn, stage, params)]
 

@@ -181,6 +181,7 @@ STAGE = Stage(
     columns="d.id, d.hash, d.download_encoding, v.valid",
     order="d.downloaded, d.id",
     on_claim="clean_start = now()",
+    params={"versions": list(SUPPORTED_VERSIONS), "retry": False},
 )
 
 
@@ -229,7 +230,7 @@ def clean_due(
         STAGE,
         _process(engine, store),
         lambda conn, outcomes: record_clean_outcomes(Sql(conn), [o.data for o in outcomes]),
-        params={"versions": list(SUPPORTED_VERSIONS), "retry": retry_errors},
+        params={"retry": retry_errors},
         batch_size=batch_size,
         limit=limit,
         run_id=run_id,

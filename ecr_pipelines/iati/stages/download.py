@@ -146,24 +146,19 @@ STAGE = Stage(
     due="d.downloaded IS NULL AND (d.download_error IS NULL OR (:retry AND d.download_error <> 4))",
     columns="d.id, d.hash, d.cached_dataset_url",
     order="d.first_seen, d.id",
+    params={"retry": False},
 )
-
-
-def _due_predicate(retry_errors: bool) -> str:
-    if retry_errors:
-        return "downloaded IS NULL AND (download_error IS NULL OR download_error <> 4)"
-    return "downloaded IS NULL AND download_error IS NULL"
 
 
 def mark_without_source(sql: Sql, retry_errors: bool) -> list[tuple[str, str | None]]:
     """Give code 4 to due documents that cannot be downloaded (no URL or no hash)."""
     rows = sql.all(
         f"""
-        UPDATE iati.document SET download_error = 4, download_error_message = :message
-        WHERE {_due_predicate(retry_errors)} AND (coalesce(cached_dataset_url, '') = '' OR hash = '')
-        RETURNING id, name
+        UPDATE iati.document d SET download_error = 4, download_error_message = :message
+        WHERE {STAGE.due} AND (coalesce(d.cached_dataset_url, '') = '' OR d.hash = '')
+        RETURNING d.id, d.name
         """,
-        {"message": NO_SOURCE_MESSAGE},
+        {"message": NO_SOURCE_MESSAGE, "retry": retry_errors},
     )
     return [(r[0], r[1]) for r in rows]
 

@@ -36,6 +36,7 @@ STAGE = Stage(
     columns="d.id, d.hash",
     order="d.downloaded, d.id",
     on_claim="flatten_start = now()",
+    params={"retry": False},
 )
 
 

@@ -53,6 +53,7 @@ STAGE = Stage(
     columns="d.id, d.hash",
     order="d.solr_api_error IS NOT NULL, d.downloaded, d.id",
     on_claim="solrize_start = now()",
+    params={"retry": False},
 )
 
 # Written when a document's outcome is recorded (guarded by its hash).

@@ -322,6 +322,7 @@ STAGE = Stage(
         "coalesce(d.downloaded > now() - make_interval(secs => :hold), false), p.black_flag IS NOT NULL"
     ),
     order="d.regenerate_validation_report DESC, d.downloaded, d.id",
+    params={"retry": False},  # and "hold": the safety check's hold, in seconds, from the settings
 )
 
 

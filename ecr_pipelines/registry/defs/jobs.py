@@ -12,6 +12,7 @@ from datetime import datetime
 
 import dagster as dg
 
+from ecr_pipelines.automation import IN_FLIGHT
 from ecr_pipelines.lib.settings import env_str
 from ecr_pipelines.registry.defs.collections import bdr_collections
 from ecr_pipelines.registry.defs.licences import ods_licences
@@ -25,14 +26,6 @@ from ecr_pipelines.registry.reference import FGAS, ODS
 
 POLL_SECONDS_ENV = "REGISTRY_POLL_SECONDS"
 DEFAULT_POLL_SECONDS = 120
-# A run in one of these states will sync what a new run would: starting another only competes
-# with it for the same rows.
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 # -- asset jobs ------------------------------------------------------------------------------------
 
