@@ -51,10 +51,14 @@ setup(
         # CKAN packager: fast JSON pages, streaming XLSX.
         "orjson>=3.10",
         "XlsxWriter>=3.2",
+        # CKAN statistics: the legacy's per-domain bcrypt anonymisation of e-mail addresses.
+        "bcrypt>=4.1",
     ],
     extras_require={
         "dev": [
             "pytest>=8",
+            # `make test` spreads the suite over two workers (see the Makefile).
+            "pytest-xdist>=3.5",
             "moto[server]>=5.0",
             "aiosmtpd>=1.4",
             "ruff>=0.6",

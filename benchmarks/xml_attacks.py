@@ -1,6 +1,6 @@
 """How fast and how cheaply the hardened XML helpers refuse entity attacks.
 
-For each entry point of ``ecr_pipelines.iati.xmlsafe`` and each attack (billion laughs in the
+For each entry point of ``ecr_pipelines.lib.xmlsafe`` and each attack (billion laughs in the
 body and in an attribute, XXE), prints the milliseconds to the refusal and the growth of the
 peak RSS (libxml2's allocations included, which ``tracemalloc`` in the tests cannot see). The
 tests assert what is refused and why; these are the figures.
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ecr_pipelines.iati import xmlsafe
+from ecr_pipelines.lib import xmlsafe
 
 _LAUGHS = "".join(f'<!ENTITY lol{n} "{f"&lol{n - 1};" * 10}">' for n in range(1, 10))
 ATTACKS = {

@@ -13,9 +13,9 @@ import sqlalchemy as sa
 
 from ecr_pipelines.lib.batch import dead_runs, forget_runs
 from ecr_pipelines.lib.database import engine_for
-from ecr_pipelines.lib.outbox import send_pending
 from ecr_pipelines.lib.settings import env_str
 from ecr_pipelines.resources import DatabaseResource, MailResource
+from ecr_pipelines.stages import send_queued_mail
 
 SERVICE_TAG = "ecr/service"
 BOOTSTRAP_TAG = {"ecr/bootstrap": "true"}
@@ -135,7 +135,7 @@ def housekeeping_sensor(
     reaped = reap_dead_runs(context.instance, db.engine)
     for run_id in reaped:
         context.log.warning(f"run {run_id} died mid-stage: marked failed, pool slots freed")
-    sent = send_pending(db.engine, lambda to, subject, text, html: mail.send(list(to), subject, text, html))
+    sent = send_queued_mail(context.log, db, mail)
     return dg.SkipReason(
         f"{len(reaped)} dead runs reaped, {sent.sent} pending mails sent, {len(sent.failed)} mails failed"
     )

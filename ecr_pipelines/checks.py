@@ -1,11 +1,13 @@
-"""The shape every data-quality check here shares: a query for offending rows; none means pass."""
+"""The shapes the data-quality checks here share: a query for offending rows (none means pass),
+and a sample of items whose files must be in the blob store."""
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
 
+from ecr_pipelines.lib.blobstore import BlobStore
 from ecr_pipelines.metadata import PREVIEW_ROWS, md_table
 from ecr_pipelines.resources import DatabaseResource
 
@@ -53,4 +55,16 @@ def offending_rows_check(
         passed=count == 0,
         severity=severity,
         metadata={"offending_rows": count, "preview": preview},
+    )
+
+
+def stored_blobs_check(
+    store: BlobStore, sample: Iterable[tuple[Any, str]], item: str = "id"
+) -> dg.AssetCheckResult:
+    """Pass when every ``(item, blob key)`` of ``sample`` is in ``store``; the missing ones are shown."""
+    rows = list(sample)
+    missing = [(key_of, key) for key_of, key in rows if not store.exists(key)]
+    return dg.AssetCheckResult(
+        passed=not missing,
+        metadata={"sampled": len(rows), "missing": len(missing), "preview": md_table([item, "key"], missing)},
     )

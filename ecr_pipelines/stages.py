@@ -1,5 +1,5 @@
-"""What every batch-stage asset shares on the Dagster side: its run config, its metadata and its
-log lines (the stage itself runs on ``ecr_pipelines.lib.batch``)."""
+"""What every batch-stage asset shares on the Dagster side: its run config, its metadata, its
+log lines (the stage itself runs on ``ecr_pipelines.lib.batch``) and the mails it queued."""
 
 from typing import Any
 
@@ -8,8 +8,9 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from ecr_pipelines.lib.batch import StageReport
+from ecr_pipelines.lib.outbox import OutboxReport, send_pending
 from ecr_pipelines.metadata import PREVIEW_ROWS, md_table
-from ecr_pipelines.resources import DatabaseResource
+from ecr_pipelines.resources import DatabaseResource, MailResource
 
 
 class BatchConfig(dg.Config):
@@ -52,3 +53,18 @@ def row_count(db: DatabaseResource, sql: str) -> int:
     """One ``SELECT count(*)``: the asset's ``dagster/row_count`` after a stage run."""
     with db.connect() as conn:
         return int(conn.execute(sa.text(sql)).scalar_one())
+
+
+def send_queued_mail(log: Any, db: DatabaseResource, mail: MailResource) -> OutboxReport:
+    """Send what a committed transaction queued (and anything still due from earlier runs).
+
+    Called after the commit only: a mail that fails stays in ``pipeline.mail_outbox`` with its
+    error and is retried by the next sender (``housekeeping_sensor`` at the latest); the change it
+    reports stands.
+    """
+    report = send_pending(db.engine, mail.mailer().send)
+    if report.sent:
+        log.info(f"{report.sent} queued mails sent")
+    for mail_id, error in report.failed:
+        log.warning(f"mail {mail_id} not sent (kept in pipeline.mail_outbox for a retry): {error}")
+    return report

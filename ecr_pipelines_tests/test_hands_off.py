@@ -1,8 +1,10 @@
 """A deployment runs by itself: a real ``dagster-daemon`` on a fresh instance, nothing launched
 by hand. The fresh deployment fills itself; then a dataset added to the Bulk Data Service index
-reaches Solr, and an undertaking added to the F-gas registry is synced and linked to its old
-company, each within five minutes of the addition."""
+reaches Solr, an undertaking added to the F-gas registry is synced and linked to its old
+company, and two CKAN download requests a portal queues (a small one and a whole table) are
+packaged on their two queues and mailed, each within five minutes of the addition."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +22,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from ecr_pipelines.dev.ckan_demo import ROWS_RESOURCE
 from ecr_pipelines.dev.demo import standins
 from ecr_pipelines.dev.iati_demo import RECORDINGS as IATI_RECORDINGS
 from ecr_pipelines.dev.registry_demo import RECORDINGS as REGISTRY_RECORDINGS
@@ -37,6 +40,7 @@ FILL_WITHIN = 600  # the first fill has no bound of its own; on a busy machine i
 NEW_DOCUMENT_IDENTIFIER = "XM-TEST-0777"
 NEW_UNDERTAKING = 10777
 NEW_OLD_COMPANY = 4777
+CKAN_RESOURCE = ROWS_RESOURCE
 
 
 class Upstreams:
@@ -107,6 +111,24 @@ class Upstreams:
         self.undertakings = [*self.undertakings, template]
 
 
+def queue_ckan_requests(engine: sa.Engine, api_url: str) -> None:
+    """What a portal does: two rows in the queue, a 10-row download and a whole table (slow)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO ckan.package_request (kind, resource_id, email, params) VALUES "
+                "('datastore', :resource, :email, CAST(:small AS jsonb)), "
+                "('datastore', :resource, :email, CAST(:whole AS jsonb))"
+            ),
+            {
+                "resource": CKAN_RESOURCE,
+                "email": "hands.off@example.org",
+                "small": json.dumps({"api_url": api_url, "limit": 10}),
+                "whole": json.dumps({"api_url": api_url}),
+            },
+        )
+
+
 def wait_for(
     what: str, condition: Callable[[], bool], timeout: float, daemon: subprocess.Popen[bytes], log: Path
 ) -> float:
@@ -115,7 +137,7 @@ def wait_for(
         if condition():
             return time.monotonic() - started
         assert daemon.poll() is None, "dagster-daemon died"
-        time.sleep(2)
+        time.sleep(0.5)  # each look is a query or two; the answer is seen as soon as it is there
     lines = log.read_text(errors="replace").splitlines()
     telling = [
         line for line in lines if "Launching run" in line or "RUN_FAILURE" in line or "skipped" in line
@@ -140,16 +162,20 @@ def deployment(pg_server_url: str) -> Iterator[tuple[dict[str, str], Path]]:
         BLOB_STORE_URL=str(folder / "blobs"),
         ECR_HOME=str(folder / "ecr"),
         PYTHONWARNINGS="ignore",
-        # Faster polling than production's minute or two, so the suite stays short.
+        # Faster polling than production's minute or two, so the suite stays short. The registry's
+        # matching waits while a sync is in flight (eager automation, ticking every 30 s): polls
+        # closer together than that tick plus a sync run (~15 s) can keep a sync in flight at tick
+        # after tick, and the link then comes minutes late; 45 s leaves a tick free after each sync.
         IATI_POLL_SECONDS="5",
-        REGISTRY_POLL_SECONDS="15",
+        REGISTRY_POLL_SECONDS="45",
+        CKAN_POLL_SECONDS="5",
     )
     yield env, folder
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
-    deployment: tuple[dict[str, str], Path],
+    deployment: tuple[dict[str, str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env, folder = deployment
     engine = engine_for(env["DATABASE_URL"])
@@ -176,7 +202,7 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
             start_new_session=True,
         )
         try:
-            os.environ["DAGSTER_PG_URL"] = env["DAGSTER_PG_URL"]
+            monkeypatch.setenv("DAGSTER_PG_URL", env["DAGSTER_PG_URL"])  # the dagster.yaml reads it
             with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
 
                 def filled() -> bool:
@@ -186,7 +212,12 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
                         for r in records
                         if r.asset_entry.last_materialization_record is not None
                     }
-                    wanted = {"bdr_old_companies", "undertaking_company_links", "iati_solr_index"}
+                    wanted = {
+                        "bdr_old_companies",
+                        "undertaking_company_links",
+                        "iati_solr_index",
+                        "ckan_statistics",
+                    }
                     return wanted <= materialized
 
                 wait_for(
@@ -197,6 +228,7 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
 
                 upstreams.add_dataset()
                 upstreams.add_undertaking()
+                queue_ckan_requests(engine, standin_env["DEMO_CKAN_API_URL"])
                 solr_url = standin_env["SOLR_URL"]
 
                 def in_solr() -> bool:
@@ -223,6 +255,18 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
                 wait_for(
                     "the new undertaking synced and linked", linked, WITHIN, daemon, folder / "daemon.log"
                 )
+
+                def packaged() -> bool:
+                    return scalar("SELECT count(*) FROM ckan.package_request WHERE status = 'done'") == 2
+
+                wait_for("the two CKAN requests packaged", packaged, WITHIN, daemon, folder / "daemon.log")
+                assert len(list((folder / "ecr" / "outbox").glob("*.eml"))) == 2  # mailed after commit, once
+                assert scalar("SELECT requests FROM ckan.totals WHERE resource_id = '*'") == 2
+                queues = {
+                    run.tags.get("ckan/queue")
+                    for run in instance.get_runs(dg.RunsFilter(job_name="ckan_packages_job"))
+                }
+                assert {"fast", "slow"} <= queues  # the small request never waited for the big one's queue
                 runs = instance.get_runs()
                 assert runs, "the daemon launched runs"
                 # Every run the daemon launched carries its service's tag (the concurrency limits key on it).
@@ -231,8 +275,11 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
                 ]
         finally:
             os.killpg(daemon.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+            # Whatever is left of its process group goes too: the daemon's code server can outlive
+            # it, and would hold its memory and database connections for the rest of the suite.
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
             log.close()

@@ -5,6 +5,14 @@ Dagster, mail, cache or statistics; the package goes to ``--out``. The API key o
 resource is read from the environment variable named by ``--api-key-env`` (never from the
 command line, where other users of the machine could see it in the process list).
 
+The ``dwc`` kind (a Darwin Core Archive) reads its configuration from ``--dwc-config`` (else the
+file named by ``CKAN_DWC_CONFIG``, else the bundled one); ``--eml`` names a file whose text is
+the request's ``eml`` template, ``--for-gbif`` sets ``for_gbif``.
+
+``python -m ecr_pipelines ckan anonymize-emails [--dry-run]`` is the legacy's one-off
+``anonymize.py``: it rewrites the plain e-mail addresses already in the statistics tables
+(``DATABASE_URL``) as the per-domain bcrypt hashes that ``CKAN_ANONYMIZE_EMAILS=true`` stores.
+
 Also runnable on its own as ``python -m ecr_pipelines.ckan package ...``.
 """
 
@@ -12,6 +20,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 DESCRIPTION = "CKAN packager: build one package (ZIP) from a datastore resource or a resource file"
@@ -47,6 +56,18 @@ def add_package_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="processes that fetch and encode a large CSV/TSV download (default 2; 0: none)",
     )
+    parser.add_argument(
+        "--dwc-config",
+        metavar="FILE",
+        default=None,
+        help="dwc kind: the YAML or JSON configuration (default: CKAN_DWC_CONFIG, else the bundled one)",
+    )
+    parser.add_argument(
+        "--eml", metavar="FILE", default=None, help="dwc kind: an EML template file, filled in as eml.xml"
+    )
+    parser.add_argument(
+        "--for-gbif", action="store_true", help="dwc kind: add gbif.json (an export for GBIF)"
+    )
     parser.add_argument("--out", required=True, help="the ZIP file to write (replaced when complete)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -56,7 +77,31 @@ def add_subcommands(subparsers: Any) -> argparse.ArgumentParser:
     ckan = subparsers.add_parser("ckan", help="CKAN packager (without Dagster)", description=DESCRIPTION)
     commands = ckan.add_subparsers(dest="ckan_command", required=True)
     add_package_arguments(commands.add_parser("package", help="build one package into a ZIP file"))
+    _add_anonymize(commands)
     return ckan
+
+
+def _add_anonymize(commands: Any) -> None:
+    anonymize = commands.add_parser(
+        "anonymize-emails",
+        help="hash the plain e-mails already in the statistics (the legacy's anonymize.py)",
+    )
+    anonymize.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
+
+
+def _anonymize(args: argparse.Namespace) -> int:
+    from ecr_pipelines.ckan.statistics import anonymize_existing
+    from ecr_pipelines.lib.database import engine_for
+    from ecr_pipelines.lib.settings import env_str
+
+    with engine_for(env_str("DATABASE_URL")).begin() as conn:
+        counts = anonymize_existing(conn, dry_run=args.dry_run)
+    done = "would be rewritten (dry run)" if args.dry_run else "rewritten"
+    print(
+        f"{counts.get('addresses', 0)} addresses: {counts.get('requests', 0)} request rows and "
+        f"{counts.get('errors', 0)} error rows {done}; {counts.get('already_hashed', 0)} already hashed"
+    )
+    return 0
 
 
 def _session() -> Any:
@@ -73,7 +118,10 @@ def _session() -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """The ``ckan`` command; 0 on success, 2 on a refused request, 1 on a failed build."""
+    if args.ckan_command == "anonymize-emails":
+        return _anonymize(args)
     from ecr_pipelines.ckan.datastore import DEFAULT_PAGE_SIZE, DEFAULT_WORKERS, DatastoreError
+    from ecr_pipelines.ckan.dwc import DwcConfig, DwcConfigError, load_dwc_config
     from ecr_pipelines.ckan.formats import FormatError
     from ecr_pipelines.ckan.package import BadRequest, PackageReport, validate_request, write_package
     from ecr_pipelines.lib.http import FetchError
@@ -93,6 +141,14 @@ def run(args: argparse.Namespace) -> int:
         "plain": args.plain,
         "language": args.language,
     }
+    if args.eml:
+        try:
+            raw["eml"] = Path(args.eml).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _err(f"error: cannot read the EML template {args.eml}: {exc}")
+            return 2
+    if args.for_gbif:
+        raw["for_gbif"] = True
     if args.api_key_env:
         key = os.environ.get(args.api_key_env)
         if not key:
@@ -104,6 +160,14 @@ def run(args: argparse.Namespace) -> int:
     except BadRequest as exc:
         _err(f"error: {exc}")
         return 2
+
+    dwc_config: DwcConfig | None = None
+    if pkg.kind == "dwc":
+        try:
+            dwc_config = load_dwc_config(args.dwc_config or env_str("CKAN_DWC_CONFIG"))
+        except DwcConfigError as exc:
+            _err(f"error: {exc}")
+            return 2
 
     last = [time.monotonic()]
 
@@ -122,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             page_size=args.page_size or int(env_str("CKAN_PAGE_SIZE") or DEFAULT_PAGE_SIZE),
             workers=DEFAULT_WORKERS if args.workers is None else args.workers,
             progress=progress,
+            dwc_config=dwc_config,
         )
     except BadRequest as exc:
         _err(f"error: {exc}")
@@ -147,4 +212,5 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ecr_pipelines.ckan", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="ckan_command", required=True)
     add_package_arguments(commands.add_parser("package", help="build one package into a ZIP file"))
+    _add_anonymize(commands)
     return run(parser.parse_args(argv))

@@ -18,7 +18,8 @@ decoding and encoding rows is Python work that one process does one thread at a 
 ``datastore.encoded_pages_by_workers``). The reader is the blob store's
 ``put_stream`` (a local folder copies it into a temporary file that is renamed into place; S3
 uploads it in parts, aborting the upload on error) or a file written beside its final name and
-renamed. Nothing is seekable and nothing needs to be: entries carry ZIP64 data descriptors. An
+renamed. Nothing is seekable and nothing needs to be: entries carry ZIP64 data descriptors. A
+Darwin Core Archive (``dwc``) is several entries produced one after the other (``dwc.py``). An
 error anywhere (CKAN failing mid-way, a format limit) is raised from ``read``, so the store never
 sees the end of the stream and keeps nothing.
 """
@@ -29,7 +30,7 @@ import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from ecr_pipelines.ckan.datastore import (
     session_options,
     shown_url,
 )
+from ecr_pipelines.ckan.dwc import DwcArchive, DwcConfig, check_eml_template, default_dwc_config, flag
 from ecr_pipelines.ckan.formats import DEFAULT_FORMAT, FORMATS, DelimitedEncoder, encode
 from ecr_pipelines.lib.blobstore import BlobStore
 from ecr_pipelines.lib.http import ErrorKind, FetchError, classify, request
@@ -72,10 +74,6 @@ Speed = Literal["fast", "slow"]
 
 class BadRequest(ValueError):
     """A request the legacy would have refused with its 400 BadRequestError."""
-
-
-class NotYetSupported(BadRequest):
-    """A valid request of a kind this version cannot build yet."""
 
 
 # -- requests -------------------------------------------------------------------------------------
@@ -117,6 +115,17 @@ def _format(name: str, value: Any) -> str:
     return text
 
 
+def _eml_template(name: str, value: Any) -> str:
+    # Filled in only after the whole download: a template that cannot be filled in is refused
+    # here rather than failing the job at its very end.
+    if not isinstance(value, str):
+        raise BadRequest(f"Parameter {name} must be text (an EML XML template)")
+    try:
+        return check_eml_template(value)
+    except ValueError as exc:
+        raise BadRequest(f"Parameter {name}: {exc}") from None
+
+
 _DATASTORE: dict[str, _Param] = {
     "api_url": _Param(required=True),
     "resource_id": _Param(required=True),
@@ -135,7 +144,7 @@ _DATASTORE: dict[str, _Param] = {
 }
 SCHEMAS: dict[str, dict[str, _Param]] = {
     "datastore": _DATASTORE,
-    "dwc": {**_DATASTORE, "eml": _Param(), "for_gbif": _Param()},
+    "dwc": {**_DATASTORE, "eml": _Param(transform=_eml_template), "for_gbif": _Param()},
     "url": {
         "resource_id": _Param(required=True),
         "email": _Param(required=True),
@@ -286,26 +295,29 @@ class _Sink:
 class ZipStream:
     """A ZIP archive of ``members``, produced while it is read (``read(size)``).
 
-    Each member's content is produced in a thread of its own, a couple of pieces ahead of the
-    reader: fetching and encoding (Python work) overlap with deflating and storing (which zlib and
-    the file or socket do without the GIL) instead of taking turns.
+    ``members`` is iterated lazily, one member after the previous one is written, so a member
+    may depend on what the ones before it produced (a Darwin Core Archive's ``meta.xml`` and the
+    CSVs it lists are known only once the rows went through). Each member's content is produced
+    in a thread of its own, a couple of pieces ahead of the reader: fetching and encoding (Python
+    work) overlap with deflating and storing (which zlib and the file or socket do without the
+    GIL) instead of taking turns.
     """
 
     def __init__(
         self,
-        members: Sequence[Member],
+        members: Iterable[Member],
         *,
         compresslevel: int = DEFAULT_COMPRESSLEVEL,
         background: bool = True,
     ) -> None:
         self._sink = _Sink()
         self._background = background
-        self._steps = self._produce(list(members), compresslevel)
+        self._steps = self._produce(members, compresslevel)
         self._done = False
         self._failure: BaseException | None = None
         self.size = 0
 
-    def _produce(self, members: list[Member], compresslevel: int) -> Iterator[None]:
+    def _produce(self, members: Iterable[Member], compresslevel: int) -> Iterator[None]:
         archive = zipfile.ZipFile(
             self._sink,  # type: ignore[arg-type]
             "w",
@@ -313,20 +325,28 @@ class ZipStream:
             compresslevel=compresslevel,
             allowZip64=True,
         )
-        for member in members:
-            pieces = member.content()
-            if self._background:
-                pieces = in_background(pieces, depth=2, name=f"ckan-package-{member.name}")
-            try:
-                # force_zip64: the size is unknown until the end and may pass 4 GiB.
-                with archive.open(member.name, "w", force_zip64=True) as entry:
-                    for piece in pieces:
-                        entry.write(piece)
-                        yield
-            finally:
-                close = getattr(pieces, "close", None)
-                if close is not None:
-                    close()
+        members = iter(members)
+        try:
+            for member in members:
+                pieces = member.content()
+                if self._background:
+                    pieces = in_background(pieces, depth=2, name=f"ckan-package-{member.name}")
+                try:
+                    # force_zip64: the size is unknown until the end and may pass 4 GiB.
+                    with archive.open(member.name, "w", force_zip64=True) as entry:
+                        for piece in pieces:
+                            entry.write(piece)
+                            yield
+                finally:
+                    close = getattr(pieces, "close", None)
+                    if close is not None:
+                        close()
+        finally:
+            # A lazy source of members (a generator holding a scratch folder) ends with the
+            # archive, also when it fails or is closed early.
+            close = getattr(members, "close", None)
+            if close is not None:
+                close()
         archive.close()
 
     def readable(self) -> bool:
@@ -454,6 +474,31 @@ def _datastore_member(
     return Member(f"{ENTRY_STEM}.{fmt}", content)
 
 
+def _dwc_members(
+    search: DatastoreSearch,
+    params: Mapping[str, Any],
+    config: DwcConfig,
+    report: PackageReport,
+    progress: Progress | None,
+) -> Iterator[Member]:
+    def counted(rows: int) -> None:
+        report.rows += rows
+        report.calls = search.calls
+        if progress is not None:
+            progress(report)
+
+    archive = DwcArchive(
+        search, config, eml=params.get("eml"), for_gbif=flag(params.get("for_gbif")), on_page=counted
+    )
+    for name, content in archive.entries():
+        if archive.plan is not None and not report.fields:
+            report.fields = list(archive.plan.fields)
+            report.paging = search.paging()
+        report.calls = search.calls
+        yield Member(name, content)
+    report.calls = search.calls
+
+
 def _url_member(
     session: requests.Session,
     resource_url: str,
@@ -501,9 +546,11 @@ def open_package(
     workers: int = DEFAULT_WORKERS,
     parallel_min_rows: int = PARALLEL_MIN_ROWS,
     progress: Progress | None = None,
+    dwc_config: DwcConfig | None = None,
 ) -> tuple[ZipStream, PackageReport]:
     """The package of ``pkg`` as a ZIP stream (nothing is fetched until it is read) and the report
     that fills in while it is read. ``max_bytes`` caps a resource file (``url`` kind);
+    ``dwc_config`` drives the ``dwc`` kind (``None``: the bundled default, see ``dwc.py``);
     ``prefetch`` and ``background`` switch off the page prefetch and the producer thread (the
     package is the same; tests use it to show that). A CSV or TSV download by offset paging of at
     least ``parallel_min_rows`` rows is fetched and encoded by ``workers`` processes (``0`` keeps
@@ -514,7 +561,18 @@ def open_package(
     resource file), ``FormatError`` (more rows than an XLSX sheet holds); each has a ``kind``."""
     params = pkg.params
     if pkg.kind == "dwc":
-        raise NotYetSupported("The dwc kind (Darwin Core Archive) is not yet available: use datastore or url")
+        config = dwc_config if dwc_config is not None else default_dwc_config()
+        search = DatastoreSearch(
+            session,
+            params["api_url"],
+            pkg.forwarded,
+            api_key=params.get("key"),
+            page_size=page_size,
+            prefetch=prefetch,
+        )
+        report = PackageReport(kind="dwc", entry=config.core.file_name)
+        members = _dwc_members(search, params, config, report, progress)
+        return ZipStream(members, compresslevel=compresslevel, background=background), report
     if pkg.kind == "url":
         name = url_entry_name(params["resource_url"], params["resource_id"])
         report = PackageReport(kind="url", entry=name)

@@ -28,10 +28,11 @@ RECORDINGS = Path(__file__).resolve().parent / "standins" / "recordings"
 
 def demo_services() -> list[DemoService]:
     """The services that take part in the demo, in pipeline order."""
+    from ecr_pipelines.dev.ckan_demo import DEMO_SERVICE as ckan
     from ecr_pipelines.dev.iati_demo import DEMO_SERVICE as iati
     from ecr_pipelines.dev.registry_demo import DEMO_SERVICE as registry
 
-    return [registry, iati]
+    return [registry, iati, ckan]
 
 
 @contextmanager
@@ -110,6 +111,8 @@ def run_demo(dotenv: Path | None = None) -> int:
         for service in demo_services():
             for section, values in service.run_config.items():
                 run_config.setdefault(section, {}).update(values)
+            if service.before_run is not None:
+                service.before_run(env)
         job = defs.resolve_job_def("all_assets_job")
         from ecr_pipelines.platform.pools import default_pool_limit, ensure_pools, pools_of
 

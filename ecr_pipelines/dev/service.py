@@ -19,3 +19,5 @@ class DemoService:
     run_config: dict[str, Any] = field(default_factory=dict)
     # Another stand-in with a protocol of its own (e.g. Solr): a context manager giving its env.
     extra: Callable[[], AbstractContextManager[dict[str, str]]] | None = None
+    # Work to queue before the demo's run (the env holds the stand-ins' URLs); not for `make dev`.
+    before_run: Callable[[dict[str, str]], Any] | None = None

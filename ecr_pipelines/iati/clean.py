@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from lxml import etree
 
-from ecr_pipelines.iati import xmlsafe
 from ecr_pipelines.iati.validate import ACTIVITIES, SUPPORTED_VERSIONS
+from ecr_pipelines.lib import xmlsafe
 
 COULD_NOT_PARSE = "Could not parse"
 NO_VALID_ACTIVITIES = "No valid activities"

@@ -26,7 +26,7 @@ Each record holds what the legacy refresher's lakify stage wrote as two blobs,
   ``{http://www.w3.org/XML/1998/namespace}`` in the text is replaced with ``xml:``
   (so ``"@xml:lang"``).
 
-Parsing is strict, as in the refresher, and goes through :mod:`ecr_pipelines.iati.xmlsafe`
+Parsing is strict, as in the refresher, and goes through :mod:`ecr_pipelines.lib.xmlsafe`
 (``huge_tree`` on, like the refresher): a malformed file, or one declaring entities or an external
 DTD, raises :class:`LakeParseError` (the refresher sent a malformed document back to the clean
 stage); a root other than ``iati-activities`` raises :class:`LakeError` before any record.
@@ -42,8 +42,8 @@ from typing import Any
 
 from lxml import etree
 
-from ecr_pipelines.iati import xmlsafe
 from ecr_pipelines.iati.flatten import ACTIVITY_TAG, ROOT_TAG, free_element
+from ecr_pipelines.lib import xmlsafe
 
 __all__ = [
     "LakeError",

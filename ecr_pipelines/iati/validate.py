@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 from lxml import etree
 
-from ecr_pipelines.iati import xmlsafe
+from ecr_pipelines.lib import xmlsafe
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SUPPORTED_VERSIONS: tuple[str, ...] = ("2.01", "2.02", "2.03")

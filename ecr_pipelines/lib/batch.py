@@ -356,13 +356,16 @@ def run_stage(
     progress: Progress = log.info,
     report: StageReport | None = None,
     refused: Callable[[Outcome, BaseException], Outcome] | None = None,
+    committed: Callable[[list[Outcome]], None] | None = None,
 ) -> StageReport:
     """Run ``stage`` over every due item: recover, select, chunk, claim, process, record, report.
 
     ``record`` writes a batch's outcomes in one transaction, with the release of its claims. When
     the database refuses a value of one outcome, the batch is recorded item by item and the
     refused one is replaced by ``refused(outcome, error)`` (default: a ``refused`` error that
-    leaves the row as it was), so one item never sinks its batch.
+    leaves the row as it was), so one item never sinks its batch. ``committed`` is called with a
+    batch's outcomes once they are committed: the place for side effects (mails queued by
+    ``record`` are sent there, so a requester hears about the package before the next one is built).
     """
     params = {**stage.params, **(params or {})}
     report = report or StageReport(stage.name)
@@ -387,6 +390,8 @@ def run_stage(
             outcomes = _record(engine, stage, record, outcomes, rows, owner, refused)
             for outcome in outcomes:
                 report.add(outcome)
+            if committed is not None and outcomes:
+                committed(outcomes)
             report.batches = number
             elapsed = time.perf_counter() - started
             progress(

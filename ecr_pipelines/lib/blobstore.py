@@ -84,6 +84,11 @@ class BlobStore(ABC):
     def uri(self, key: str = "") -> str:
         """Where the object (or, without a key, the store) lives, for metadata and messages."""
 
+    def presigned_url(self, key: str, seconds: int) -> str | None:
+        """A URL anyone may GET the object from for ``seconds``; None when the store has none
+        (a local folder: the caller builds a link from its own template)."""
+        return None
+
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> int:
         import io
 
@@ -110,6 +115,7 @@ class BlobStore(ABC):
 
 
 INCOMING = ".incoming"
+MAX_PRESIGNED_SECONDS = 7 * 24 * 3600
 
 
 class LocalBlobStore(BlobStore):
@@ -200,6 +206,7 @@ class S3BlobStore(BlobStore):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client
+        self._signer: Any = None
 
     def _key(self, key: str) -> str:
         key = check_key(key)
@@ -279,6 +286,27 @@ class S3BlobStore(BlobStore):
 
     def uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{self._key(key) if key else self.prefix}"
+
+    def presigned_url(self, key: str, seconds: int) -> str | None:
+        # Signature V4, which every region accepts (boto3 presigns V2 by default); its URLs live at
+        # most 7 days. The signing client has the store client's endpoint and region, and its
+        # credentials from the same standard chain (the store's client is built from it too).
+        if self._signer is None:
+            import boto3
+            from botocore.config import Config
+
+            meta = self.client.meta
+            self._signer = boto3.client(
+                "s3",
+                endpoint_url=meta.endpoint_url,
+                region_name=meta.region_name,
+                config=meta.config.merge(Config(signature_version="s3v4")),
+            )
+        return self._signer.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._key(key)},
+            ExpiresIn=max(1, min(int(seconds), MAX_PRESIGNED_SECONDS)),
+        )
 
 
 def open_blob_store(

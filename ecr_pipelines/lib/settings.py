@@ -109,14 +109,56 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
         "false",
         "`true` (or `True`) mails the `registry.mail_address` list on verifications; needs `BDR_ENDPOINT_URL`.",
     ),
-    # IATI refresher.
-    # CKAN packager (first increment: the packaging command).
+    # CKAN packager.
+    EnvVarDoc(
+        "CKAN_API_KEY",
+        "(none)",
+        "Portal-wide CKAN API key sent as `Authorization` to `datastore_search` (a request's own key wins).",
+        secret=True,
+    ),
     EnvVarDoc("CKAN_PAGE_SIZE", "5000", "Rows per `datastore_search` page when packaging."),
     EnvVarDoc(
         "CKAN_SLOW_REQUEST",
         "50000",
         "Requests for more rows than this (or with no limit) go to the slow queue.",
     ),
+    EnvVarDoc(
+        "CKAN_CACHE_TIME",
+        "86400",
+        "Seconds an identical request (all parameters but `email`) reuses a stored package.",
+    ),
+    EnvVarDoc(
+        "CKAN_PACKAGE_TTL_DAYS",
+        "7",
+        "Days a package is kept (the daily clean-up deletes older ones, except pinned GBIF exports).",
+    ),
+    EnvVarDoc(
+        "CKAN_DOWNLOAD_URL_TEMPLATE",
+        "the blob's file:// URL",
+        "Link in the mail for a local blob store: `{zip_file_name}`, `{key}`, `{ckan_host}` (S3 gets a presigned URL).",
+    ),
+    EnvVarDoc(
+        "CKAN_MAIL_TEMPLATES",
+        "bundled texts",
+        "YAML or JSON file overriding the mail templates (`subject`, `body`, `body_html`, `doi_body`, ...).",
+    ),
+    EnvVarDoc(
+        "CKAN_DWC_CONFIG",
+        "bundled (Occurrence + Multimedia)",
+        "YAML or JSON file: the Darwin Core Archive's extensions and field mapping.",
+    ),
+    EnvVarDoc(
+        "CKAN_ANONYMIZE_EMAILS",
+        "false",
+        "`true` stores statistics e-mails as the legacy's per-domain bcrypt hashes.",
+    ),
+    EnvVarDoc("CKAN_POLL_SECONDS", "15", "Seconds between looks at the request queue (ckan_queue_sensor)."),
+    EnvVarDoc(
+        "CKAN_PACKAGE_WORKERS",
+        "2",
+        "Processes that fetch and encode the pages of a large CSV/TSV download (0: the run's own process).",
+    ),
+    # IATI refresher.
     EnvVarDoc(
         "IATI_SOURCE", "bds", "Index source: `bds` (Bulk Data Service) or `registry` (legacy CKAN registry)."
     ),

@@ -104,13 +104,6 @@ def test_refusals_and_failures(ckan: CkanStandIn, tmp_path: Path, capsys: pytest
         == 2
     )
     assert "filters is not valid JSON" in capsys.readouterr().err
-    assert (
-        main(
-            ["package", "--kind", "dwc", "--api-url", ckan.api_url, "--resource-id", "res", "--out", str(out)]
-        )
-        == 2
-    )
-    assert "not yet available" in capsys.readouterr().err
     ckan.add_table("broken", synthetic_table(5000, fail_at_row=3000))
     argv = ["package", "--api-url", ckan.api_url, "--resource-id", "broken", "--page-size", "1000"]
     assert main([*argv, "--out", str(out)]) == 1
@@ -155,3 +148,27 @@ def test_python_dash_m(ckan: CkanStandIn, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "resource.xlsx, 2,500 rows" in done.stdout
     assert member(out)[0] == "resource.xlsx"
+
+
+def test_anonymize_emails_rewrites_the_plain_statistics(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlalchemy as sa
+
+    from ecr_pipelines.ckan.statistics import anonymize_email, log_request
+    from ecr_pipelines.lib.database import engine_for
+
+    engine = engine_for(database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE ckan.requests, ckan.errors, ckan.totals RESTART IDENTITY"))
+        log_request(conn, resource_id="r", email="Ann@Example.org", count=None)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert main(["anonymize-emails", "--dry-run"]) == 0
+    assert "1 request rows" in capsys.readouterr().out
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT email FROM ckan.requests")).scalar_one() == "Ann@Example.org"
+    assert main(["anonymize-emails"]) == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT email FROM ckan.requests")).scalar_one() == anonymize_email(
+            "ann@example.org"
+        )

@@ -13,7 +13,6 @@ import pytest
 from ecr_pipelines.ckan.datastore import DatastoreError
 from ecr_pipelines.ckan.formats import FormatError
 from ecr_pipelines.ckan.package import (
-    NotYetSupported,
     PackageReport,
     ZipStream,
     open_package,
@@ -230,13 +229,6 @@ def test_a_url_that_fails_stores_nothing(ckan: CkanStandIn, standin: StandInServ
         store_package(cut, session(), store, "u.zip", max_bytes=1000)
     assert too_large.value.kind.value == "too_large"
     assert list(store.list()) == []
-
-
-def test_dwc_is_not_yet_available(ckan: CkanStandIn, tmp_path: Path) -> None:
-    pkg = validate_request("dwc", {"api_url": ckan.api_url, "resource_id": "r", "email": "e"})
-    with pytest.raises(NotYetSupported, match="not yet available"):
-        write_package(pkg, session(), tmp_path / "d.zip")
-    assert ckan.searches == [] and list(tmp_path.iterdir()) == []
 
 
 def test_nothing_is_fetched_until_the_stream_is_read(ckan: CkanStandIn) -> None:

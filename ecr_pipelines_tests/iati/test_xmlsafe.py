@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from ecr_pipelines.iati import xmlsafe
-from ecr_pipelines.iati.xmlsafe import UnsafeXMLError
+from ecr_pipelines.lib import xmlsafe
+from ecr_pipelines.lib.xmlsafe import UnsafeXMLError
 from ecr_pipelines_tests.iati.iati_samples import SAMPLES
 
 _LAUGHS = "".join(

@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from ecr_pipelines.checks import offending_rows_check
+from ecr_pipelines.checks import offending_rows_check, stored_blobs_check
 from ecr_pipelines.iati.blobkeys import clean_key
 from ecr_pipelines.iati.defs.safety import iati_publisher_flags
 from ecr_pipelines.iati.defs.sync import GROUP
@@ -17,7 +17,6 @@ from ecr_pipelines.iati.stages.clean import (
 )
 from ecr_pipelines.iati.validate import SUPPORTED_VERSIONS
 from ecr_pipelines.lib.sql import Sql
-from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
 from ecr_pipelines.stages import RetryBatchConfig, log_stage, stage_metadata
 
@@ -77,18 +76,7 @@ def iati_clean_files(
 def iati_clean_files_stored(db: DatabaseResource, blobs: BlobStoreResource) -> dg.AssetCheckResult:
     with db.connect() as conn:
         sample = list(recent_clean_documents(Sql(conn), CLEAN_BLOB_SAMPLE))
-    store = blobs.store
-    missing = [
-        (doc_id, clean_key(doc_hash)) for doc_id, doc_hash in sample if not store.exists(clean_key(doc_hash))
-    ]
-    return dg.AssetCheckResult(
-        passed=not missing,
-        metadata={
-            "sampled": len(sample),
-            "missing": len(missing),
-            "preview": md_table(["id", "key"], missing),
-        },
-    )
+    return stored_blobs_check(blobs.store, ((doc_id, clean_key(doc_hash)) for doc_id, doc_hash in sample))
 
 
 @dg.asset_check(

@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from ecr_pipelines.checks import offending_rows_check
+from ecr_pipelines.checks import offending_rows_check, stored_blobs_check
 from ecr_pipelines.iati.blobkeys import source_key
 from ecr_pipelines.iati.defs.resources import IatiResource
 from ecr_pipelines.iati.defs.sync import DOCUMENTS, GROUP
@@ -149,14 +149,7 @@ def iati_source_files_stored(db: DatabaseResource, blobs: BlobStoreResource) -> 
             "SELECT id, hash FROM iati.document WHERE downloaded IS NOT NULL ORDER BY downloaded DESC, id "
             f"LIMIT {BLOB_SAMPLE}"
         ).all()
-    store = blobs.store
-    missing = [
-        (doc_id, source_key(doc_hash)) for doc_id, doc_hash in rows if not store.exists(source_key(doc_hash))
-    ]
-    return dg.AssetCheckResult(
-        passed=not missing,
-        metadata={"sampled": len(rows), "missing": len(missing), "preview": md_table(["id", "key"], missing)},
-    )
+    return stored_blobs_check(blobs.store, ((doc_id, source_key(doc_hash)) for doc_id, doc_hash in rows))
 
 
 download_checks = [

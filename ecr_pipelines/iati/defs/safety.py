@@ -17,10 +17,10 @@ from ecr_pipelines.iati.stages.safety import (
     unflag_publisher,
     unnotified_flags,
 )
-from ecr_pipelines.lib.outbox import send_pending
 from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import DatabaseResource, MailResource
+from ecr_pipelines.stages import send_queued_mail
 
 SERVICE_TAG = {"ecr/service": "iati"}
 
@@ -65,9 +65,7 @@ def iati_publisher_flags(
         context.log.warning(
             f"{unnotified} black flags not mailed: IATI_BLACK_FLAG_MAIL_TO is empty (they are mailed once it is set)"
         )
-    sent = send_pending(db.engine, lambda to, subject, text, html: mail.send(list(to), subject, text, html))
-    for mail_id, error in sent.failed:
-        context.log.error(f"mail {mail_id} not sent, retried later: {error}")
+    sent = send_queued_mail(context.log, db, mail)
     with db.connect() as conn:
         current = flagged_publishers(Sql(conn))
     return dg.MaterializeResult(

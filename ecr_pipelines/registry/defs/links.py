@@ -15,11 +15,12 @@ from ecr_pipelines.checks import offending_rows_check
 from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.metadata import md_frame
 from ecr_pipelines.registry.defs.old_companies import bdr_old_companies
-from ecr_pipelines.registry.defs.resources import GROUP, RegistryResource, send_queued_mail
+from ecr_pipelines.registry.defs.resources import GROUP, RegistryResource
 from ecr_pipelines.registry.defs.undertakings import fgas_undertakings, ods_undertakings
 from ecr_pipelines.registry.links import review_queue, run_matching
 from ecr_pipelines.registry.operator import MAIL_KEY_PREFIX, notification_addresses
 from ecr_pipelines.resources import DatabaseResource, HttpResource, MailResource
+from ecr_pipelines.stages import send_queued_mail
 
 # Eager, except that a dependency never materialized does not hold the matching back: a
 # deployment that syncs one registry only (or has no BDR registry) never materializes the others,
@@ -79,7 +80,7 @@ def undertaking_company_links(
         pending = sql.scalar("SELECT count(*) FROM registry.undertaking WHERE NOT oldcompany_verified")
         total_links = sql.scalar("SELECT count(*) FROM registry.old_company_link")
     seconds = time.perf_counter() - started
-    outbox = send_queued_mail(context, db, mail)  # after the commit: a mail failure undoes nothing
+    outbox = send_queued_mail(context.log, db, mail)  # after the commit: a mail failure undoes nothing
     context.log.info(
         f"{report.matched_companies} companies against {report.pool_size} old companies: "
         f"{len(report.candidates)} candidates, {report.links_created} new links in {seconds:.2f} s"

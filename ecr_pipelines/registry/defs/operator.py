@@ -16,9 +16,10 @@ from pydantic import Field
 from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.registry import operator
 from ecr_pipelines.registry.clients import BdrEndpointClient
-from ecr_pipelines.registry.defs.resources import RegistryResource, send_queued_mail
+from ecr_pipelines.registry.defs.resources import RegistryResource
 from ecr_pipelines.registry.operator import OperatorError, Outcome, Recipient
 from ecr_pipelines.resources import DatabaseResource, HttpResource, MailResource
+from ecr_pipelines.stages import send_queued_mail
 
 _USER = "Who does this (written to registry.matching_log)."
 _UNDERTAKING = "External id of the undertaking (company_id in the F-gas / ODS registry)."
@@ -103,7 +104,7 @@ def _verifying_op(
             context.log.info(f"done (matching_log {outcome.log_id}, {outcome.mails_queued} mails queued)")
         else:
             context.log.info("already so: nothing changed, nothing called, nothing mailed again")
-        send_queued_mail(context, db, mail)
+        send_queued_mail(context.log, db, mail)
 
     return _op
 

@@ -14,13 +14,11 @@ from typing import Any
 import dagster as dg
 import requests
 
-from ecr_pipelines.lib.outbox import OutboxReport, send_pending
 from ecr_pipelines.lib.settings import env_str
 from ecr_pipelines.registry.clients import BdrEndpointClient, BdrRegistryClient, RegistryClient
 from ecr_pipelines.registry.matching import DEFAULT_FUZZ_LIMIT, parse_domain_list
 from ecr_pipelines.registry.patches import Patches, load_patches
 from ecr_pipelines.registry.reference import FGAS, ODS
-from ecr_pipelines.resources import DatabaseResource, MailResource
 from ecr_pipelines.resources.env import env_or_default
 
 GROUP = "registry"
@@ -138,19 +136,3 @@ def build_registry_resource() -> RegistryResource:
     if env_str("FUZZ_LIMIT") is not None:
         values["fuzz_limit"] = int(env_str("FUZZ_LIMIT") or DEFAULT_FUZZ_LIMIT)
     return RegistryResource(**values)
-
-
-def send_queued_mail(
-    context: dg.OpExecutionContext | dg.AssetExecutionContext, db: DatabaseResource, mail: MailResource
-) -> OutboxReport:
-    """Send what the committed transaction queued (and anything still due from earlier runs).
-
-    Called after the commit only: a mail that fails stays in ``pipeline.mail_outbox`` with its
-    error and is retried by the next sender; the change it reports stands.
-    """
-    report = send_pending(db.engine, mail.mailer().send)
-    if report.sent:
-        context.log.info(f"{report.sent} queued mails sent")
-    for mail_id, error in report.failed:
-        context.log.warning(f"mail {mail_id} not sent (kept in pipeline.mail_outbox for a retry): {error}")
-    return report

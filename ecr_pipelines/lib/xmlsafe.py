@@ -1,12 +1,13 @@
-"""One place for parsing untrusted upstream XML (IATI files downloaded from publishers).
+"""One place for parsing untrusted upstream XML (IATI files from publishers, Companies House
+filings, ...).
 
-Every IATI stage that reads publisher XML goes through these helpers so that the hardening is
-decided once:
+Every stage that reads upstream XML goes through these helpers so that the hardening is decided
+once:
 
 * ``resolve_entities=False``, ``load_dtd=False``, ``no_network=True``: no external entity, DTD or
   network fetch is ever performed.
 * Any entity declaration (internal, external or parameter) or external DTD reference in the
-  document prolog is rejected with :class:`UnsafeXMLError` before the body is parsed. IATI files
+  document prolog is rejected with :class:`UnsafeXMLError` before the body is parsed. Upstream files
   never need them, and refusing them outright covers XXE and "billion laughs" (nested internal
   entity expansion) regardless of libxml2's own amplification guard, which we still keep on.
 * ``huge_tree`` is off unless a caller asks for it, so libxml2's built-in limits stay active
