@@ -23,6 +23,8 @@ ckan package --api-url URL --resource-id ID [--format csv|tsv|xlsx] [--limit N] 
              [--q Q] [--filters JSON] [--fields F] [--sort S] --out FILE.zip
 ckan package --kind url --resource-url URL --resource-id ID --out FILE.zip
                         build one CKAN package (ZIP) without Dagster, mail or statistics
+datastore infer FILE.csv [--delimiter C] [--quote C]
+                        check a CSV upload; print its columns' types and samples as JSON
 
 demo, dev and standin need the development code (ecr_pipelines.dev), which a source checkout
 has and the Docker image leaves out.
@@ -249,6 +251,12 @@ def _ckan(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _datastore(args: argparse.Namespace) -> int:
+    from ecr_pipelines.datastore.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ecr_pipelines",
@@ -309,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ecr_pipelines.ckan.cli import add_subcommands
 
     add_subcommands(sub)
+    from ecr_pipelines.datastore.cli import add_subcommands as add_datastore_subcommands
+
+    add_datastore_subcommands(sub)
     return parser
 
 
@@ -331,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "registry": _registry,
         "iati": _iati,
         "ckan": _ckan,
+        "datastore": _datastore,
     }
     try:
         return handlers[args.command](args)

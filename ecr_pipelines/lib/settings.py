@@ -158,6 +158,12 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
         "2",
         "Processes that fetch and encode the pages of a large CSV/TSV download (0: the run's own process).",
     ),
+    # Data store.
+    EnvVarDoc(
+        "CSV_SAMPLE_INFER_LINES",
+        "100000",
+        "Rows of an uploaded CSV the column types are inferred from (`datastore infer`, the upload check).",
+    ),
     # IATI refresher.
     EnvVarDoc(
         "IATI_SOURCE", "bds", "Index source: `bds` (Bulk Data Service) or `registry` (legacy CKAN registry)."
