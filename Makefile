@@ -37,9 +37,19 @@ env: install
 instance: install
 	$(BIN)/python -m ecr_pipelines instance setup
 
-## make test: the whole suite.
+## make test: the whole suite, on TEST_WORKERS pytest-xdist workers (2: a developer's and CI's cores).
+## Each worker has its own Postgres and stand-ins and is handed whole modules, the slow ones first
+## (in the order ecr_pipelines_tests/conftest.py gives; --no-loadscope-reorder keeps it).
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: install
-	$(BIN)/python -m pytest
+	@if $(BIN)/python -c 'import xdist' 2>/dev/null; then \
+		echo "$(BIN)/python -m pytest $(XDIST)"; \
+		$(BIN)/python -m pytest $(XDIST); \
+	else \
+		echo "pytest-xdist is not installed (pip install -e '.[dev]'): the suite runs in one process"; \
+		$(BIN)/python -m pytest; \
+	fi
 
 lint: install
 	$(BIN)/ruff check .

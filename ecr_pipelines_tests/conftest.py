@@ -6,11 +6,16 @@
 - ``standin``: an empty stand-in HTTP server per test, for the test to fill with routes.
 
 ``ECR_HOME`` points at a temporary folder so nothing is written into the checkout.
+
+Under pytest-xdist (``make test`` runs two workers) every session fixture exists once per worker:
+each worker has its own Postgres, S3 and ``ECR_HOME``, so the fixed database names below never
+meet another worker's.
 """
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,29 @@ for _name in (
     "DAGSTER_HOME",
 ):
     os.environ.pop(_name, None)
+# Credentials for the moto S3 server (any will do). Set here, not by the `s3_endpoint` fixture: a
+# test may set that fixture up in its body (request.getfixturevalue), and what a test's body sets
+# in the environment is undone after it (`_same_environment_for_every_test`).
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The modules with tests marked ``slow`` run first: those whose tests all are, then the others
+    by their share of slow tests; each module stays whole and in its own order.
+
+    The slow tests (a daemon, CLI runs) take a minute or two where most take a second: started
+    last, one of them would keep one xdist worker busy long after the other ran out of work.
+    ``make test`` hands out whole modules (``--dist loadfile``) in this order.
+    """
+    total: dict[Path, int] = {}
+    slow: dict[Path, int] = {}
+    for item in items:
+        total[item.path] = total.get(item.path, 0) + 1
+        if item.get_closest_marker("slow"):
+            slow[item.path] = slow.get(item.path, 0) + 1
+    items.sort(key=lambda item: -slow.get(item.path, 0) / total[item.path])  # a stable sort
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,6 +67,22 @@ def ecr_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("ecr_home")
     os.environ["ECR_HOME"] = str(home)
     return home
+
+
+@pytest.fixture(autouse=True)
+def _same_environment_for_every_test() -> Iterator[None]:
+    """Whatever a test (or the code it runs, such as the demo pointing clients at its stand-ins)
+    leaves in ``os.environ`` is undone after it.
+
+    The order of the tests differs between ``make test`` (slow modules first, two workers) and a
+    run of a few files; a variable left behind would make a later test pass or fail by that order.
+    Session and module fixtures are set up before this one, so what they set stays.
+    """
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def outside_pytest_tmp(prefix: str) -> Path:
@@ -65,7 +109,18 @@ def pg_server_url() -> Iterator[str]:
 
     folder = outside_pytest_tmp("ecr-test-pg-")
     server = pgserver.get_server(folder / "data", cleanup_mode="delete")
-    yield normalise_url(server.get_uri())
+    url = normalise_url(server.get_uri())
+    # A server thrown away after the session need not survive a power cut: without the waits for
+    # the disk, a TRUNCATE (every service fixture), a CREATE DATABASE or a migration is ~5-8 times
+    # faster, and so is each commit of the Dagster runs. Nothing in the suite crashes Postgres
+    # itself, so what a test can observe is the same.
+    admin = sa.create_engine(with_database(url, "postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            conn.exec_driver_sql(f"ALTER SYSTEM SET {setting} = off")
+        conn.exec_driver_sql("SELECT pg_reload_conf()")
+    admin.dispose()
+    yield url
     server.cleanup()
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -104,9 +159,6 @@ def db(database_url: str) -> DatabaseResource:
 def s3_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -129,10 +181,25 @@ def local_blobs(tmp_path: Path) -> BlobStoreResource:
     return BlobStoreResource(url=str(tmp_path / "blobs"))
 
 
+@pytest.fixture(scope="session")
+def _stop_in_background() -> Iterator[Callable[[StandInServer], None]]:
+    """Stops stand-in servers beside the tests that follow; every stop is done (and any error
+    raised) before the session ends."""
+    stops: list[Future[None]] = []
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="stand-in-stop") as pool:
+        yield lambda server: stops.append(pool.submit(server.stop))
+    for stop in stops:
+        stop.result()
+
+
 @pytest.fixture
-def standin() -> Iterator[StandInServer]:
-    with StandInServer() as server:
-        yield server
+def standin(_stop_in_background: Callable[[StandInServer], None]) -> Iterator[StandInServer]:
+    server = StandInServer().start()
+    yield server
+    # stop() waits out serve_forever's half-second poll. Once the test is over nobody needs the port
+    # closed (it stays bound until then, so no later server is given it meanwhile), so that wait
+    # runs beside the next test instead of before it.
+    _stop_in_background(server)
 
 
 class SmtpSink:

@@ -23,6 +23,7 @@ def restored_environ() -> Iterator[None]:
     os.environ.update(saved)
 
 
+@pytest.mark.slow
 def test_demo_runs_every_asset_and_is_idempotent(
     pg_server_url: str,
     tmp_path: Path,

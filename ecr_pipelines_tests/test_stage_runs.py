@@ -85,7 +85,7 @@ class Deployment:
         )
 
     def instance(self) -> dg.DagsterInstance:
-        os.environ["DAGSTER_PG_URL"] = self.env["DAGSTER_PG_URL"]
+        # The dagster.yaml reads DAGSTER_PG_URL from this process's environment: the fixture sets it.
         return dg.DagsterInstance.from_config(str(self.home))
 
     def seed(self) -> dict[str, bytes]:
@@ -142,12 +142,15 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(pg_server_url: str, standin: StandInServer) -> Iterator[Deployment]:
+def deployment(
+    pg_server_url: str, standin: StandInServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Deployment]:
     from ecr_pipelines.lib.database import ensure_database
 
     suffix = os.urandom(4).hex()
     app_url = ensure_database(pg_server_url, f"runs_app_{suffix}")
     dagster_url = ensure_database(pg_server_url, f"runs_dagster_{suffix}")
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_url)  # for Deployment.instance(), in this test only
     upgrade(engine_for(app_url))
     folder = outside_pytest_tmp("ecr-runs-")
     with SolrStandIn() as solr:

@@ -110,6 +110,7 @@ def totals(db: DatabaseResource) -> dict[str, tuple[int, int, int]]:
         }
 
 
+@pytest.mark.slow
 def test_request_job_then_the_sensors_run_leaves_zip_mail_and_statistics(
     ckan_db: DatabaseResource,
     ckan: CkanStandIn,

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from ecr_pipelines.dev.iati_demo import _env as iati_env
@@ -15,6 +16,7 @@ from ecr_pipelines.resources import DatabaseResource
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_iati_job_runs_every_stage_and_fills_the_three_collections(
     iati_db: DatabaseResource, iati_standin: StandInServer, dagster_cli_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -263,6 +263,7 @@ def test_match_job_after_sync_and_old_companies(
     assert count(registry_db, "SELECT count(*) FROM registry.old_company_link") == 4
 
 
+@pytest.mark.slow
 def test_operator_jobs_from_the_cli_with_a_config_file(
     registry_db: DatabaseResource, upstreams: StandInServer, tmp_path: Path, dagster_cli_env: dict[str, str]
 ) -> None:
