@@ -24,6 +24,7 @@ from ecr_pipelines.datastore.sources import SOURCES, SourceSpec
 from ecr_pipelines.lib.blobstore import LocalBlobStore
 from ecr_pipelines.lib.database import ensure_database, with_database
 from ecr_pipelines.lib.migrations import upgrade
+from ecr_pipelines_tests.datastore.expected import REFERENCE_ROWS
 
 DATA = Path(__file__).parent / "data" / "sources"
 HELPERS = {"id", "datafile_created", "datafile_updated", "data_hash", "data_source_row_id"}
@@ -301,38 +302,6 @@ COMTRADE_ROWS = [
     (4, "Afghanistan", "Afghanistan", "Afghanistan", None, "AF", "AFG", "1962", "2061"),
     (899, "Areas, nes", "Areas, not elsewhere specified", "Areas, nes", None, None, None, "1962", "2061"),
     (918, "European Union", "European Union", "European Union", None, "EU", "EUR", None, None),
-]
-REFERENCE_ROWS = [
-    (
-        "AB10 1AA",
-        "S12000033",
-        "Aberdeen City",
-        "S99999999",
-        None,
-        "S99999999",
-        None,
-        "S99999999",
-        "Scotland",
-        "394251",
-        "0806376",
-        "2011-09-01",
-        "2016-10-01",
-    ),
-    (
-        "HU4 7SW",
-        "E06000011",
-        "East Riding of Yorkshire",
-        "E37000018",
-        "Humber",
-        "E37000039",
-        "York, North Yorkshire and East Riding",
-        "E12000003",
-        "Yorkshire and The Humber",
-        "504860",
-        "0429160",
-        "1980-01-01",
-        None,
-    ),
 ]
 
 

@@ -19,6 +19,7 @@ from ecr_pipelines.datastore.sources import (
     sources_of_group,
 )
 from ecr_pipelines.datastore.sources.spec import FileRows, Row
+from ecr_pipelines_tests.datastore.expected import REFERENCE_ROWS
 
 DATA = Path(__file__).parent / "data" / "sources"
 
@@ -195,38 +196,7 @@ def test_ons_header_must_be_the_fifty_columns() -> None:
 
 def test_dit_reference_postcodes_human_header_mapped() -> None:
     rows, _ = read("dit.reference_postcodes", "dit_reference_postcodes_snapshot1.csv")
-    assert rows == [
-        (
-            "AB10 1AA",
-            "S12000033",
-            "Aberdeen City",
-            "S99999999",
-            None,
-            "S99999999",
-            None,
-            "S99999999",
-            "Scotland",
-            "394251",
-            "0806376",
-            "2011-09-01",
-            "2016-10-01",
-        ),
-        (
-            "HU4 7SW",
-            "E06000011",
-            "East Riding of Yorkshire",
-            "E37000018",
-            "Humber",
-            "E37000039",
-            "York, North Yorkshire and East Riding",
-            "E12000003",
-            "Yorkshire and The Humber",
-            "504860",
-            "0429160",
-            "1980-01-01",
-            None,
-        ),
-    ]
+    assert rows == REFERENCE_ROWS
 
 
 def test_dit_baci_rows() -> None:
