@@ -699,3 +699,37 @@ def test_an_ignored_file_is_not_loaded(engine: Engine, store: LocalBlobStore) ->
     report = load.load_source(engine, store, BACI)
     assert (report.files, report.skipped) == ([], ["baci.csv"])
     assert not exists(engine, "dit.baci", "L0")
+
+
+def test_spire_is_rebuilt_whole_from_the_newest_file_of_every_table(
+    engine: Engine, store: LocalBlobStore
+) -> None:
+    spire = [spec for spec in SOURCES.values() if spec.id.startswith("dit.spire.")]
+    for spec in spire:
+        table = spec.id.rsplit(".", 1)[-1]
+        put(store, spec, "2024-01.csv", f"dit_spire/{table}.csv")
+    try:
+        first = load.load_spire(engine, store)
+        assert {f.status for f in first.files} == {"loaded"} and len(first.files) == len(spire)
+        with engine.connect() as conn:
+            footnotes = conn.scalar(sa.text("SELECT count(*) FROM spire.footnotes"))
+            assert footnotes and footnotes == next(
+                f.rows_read for f in first.files if f.source.endswith(".footnotes")
+            )
+        assert load.load_spire(engine, store).files == []  # nothing new: nothing rebuilt
+        # A newer export of one table that breaks a constraint fails every file, and the tables stay.
+        footnotes_spec = SOURCES["dit.spire.footnotes"]
+        put(store, footnotes_spec, "2024-02.csv", b"id,text,status\nnot-a-number,x,CURRENT\n")
+        failed = load.load_spire(engine, store)
+        assert {f.status for f in failed.files} == {"failed"}
+        with engine.connect() as conn:
+            assert conn.scalar(sa.text("SELECT count(*) FROM spire.footnotes")) == footnotes
+            states = conn.execute(
+                sa.text(
+                    "SELECT DISTINCT state::text FROM operations.datafile_registry WHERE source LIKE 'dit.spire.%'"
+                )
+            ).scalars()
+            assert set(states) == {"processed", "failed"}  # the older exports stay processed
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA IF EXISTS spire CASCADE"))
