@@ -58,7 +58,7 @@ setup(
         "dev": [
             "pytest>=8",
             # `make test` spreads the suite over two workers (see the Makefile).
-            "pytest-xdist>=3.5",
+            "pytest-xdist>=3.8",
             "moto[server]>=5.0",
             "aiosmtpd>=1.4",
             "ruff>=0.6",

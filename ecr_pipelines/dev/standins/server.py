@@ -309,7 +309,11 @@ class StandInServer:
     def start(self) -> "StandInServer":
         self._httpd = _Server((self._host, self._port), _RequestHandler)
         self._httpd.stand_in = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="stand-in", daemon=True)
+        # A short poll: stop() waits for it, and tests stop a stand-in after every test.
+        httpd = self._httpd
+        self._thread = threading.Thread(
+            target=lambda: httpd.serve_forever(poll_interval=0.05), name="stand-in", daemon=True
+        )
         self._thread.start()
         return self
 
