@@ -52,8 +52,8 @@ def ckan_packages(
     admitted = refused = 0
     if config.speed == "fast":
         admission = admit(db.engine, slow_request=ckan.slow_request, cache_time=ckan.cache_time)
-        admitted, refused = admission.admitted, len(admission.refused or [])
-        for request_id, reason in admission.refused or []:
+        admitted, refused = admission.admitted, len(admission.refused)
+        for request_id, reason in admission.refused:
             context.log.warning(f"request {request_id} refused: {reason}")
     report = package_due(
         db.engine,

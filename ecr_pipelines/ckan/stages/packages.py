@@ -143,14 +143,6 @@ def build_one(
     doi = str(pkg.params.get("doi") or "")
     with engine.connect() as conn:
         hit = live_package(conn, pkg.cache_key, settings.cache_time)
-        age = (
-            conn.execute(
-                sa.text("SELECT extract(epoch FROM now() - created) FROM ckan.package WHERE id = :id"),
-                {"id": hit.id},
-            ).scalar_one()
-            if hit is not None
-            else 0.0
-        )
     if hit is not None:
         result.package_id, result.blob_key, result.zip_file_name, result.rows = (
             hit.id,
@@ -158,7 +150,7 @@ def build_one(
             hit.zip_file_name,
             hit.rows,
         )
-        url = download_url(store, settings, hit.blob_key, ckan_host=host, age_seconds=float(age))
+        url = download_url(store, settings, hit.blob_key, ckan_host=host, age_seconds=float(hit.age))
         result.mail = package_mail(
             settings.templates,
             resource_id=result.resource_id,

@@ -10,7 +10,7 @@ in ``api_key`` and is cleared when the request ends.
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +32,8 @@ def live_package(conn: Connection, cache_key: str, cache_time: int) -> sa.Row | 
     """The newest stored package of ``cache_key`` younger than ``cache_time`` seconds."""
     return conn.execute(
         sa.text(
-            "SELECT id, blob_key, zip_file_name, rows, pinned FROM ckan.package "
+            "SELECT id, blob_key, zip_file_name, rows, pinned, extract(epoch FROM now() - created) AS age "
+            "FROM ckan.package "
             "WHERE cache_key = :key AND deleted IS NULL "
             "AND created > now() - make_interval(secs => :seconds) ORDER BY created DESC LIMIT 1"
         ),
@@ -99,7 +100,7 @@ def request_of(row: Any) -> PackageRequest:
 @dataclass
 class Admission:
     admitted: int = 0
-    refused: list[tuple[int, str]] | None = None
+    refused: list[tuple[int, str]] = field(default_factory=list)
 
 
 def pending_admission(conn: Connection) -> bool:
@@ -116,7 +117,7 @@ def admit(engine: Engine, *, slow_request: int, cache_time: int, limit: int = 10
     """Give rows that other systems inserted their cache key and speed, or fail them with the
     reason (``error_kind`` ``bad_request``). Rows are locked ``SKIP LOCKED``: two runs never
     admit one row twice."""
-    report = Admission(refused=[])
+    report = Admission()
     with engine.begin() as conn:
         rows = conn.execute(
             sa.text(
@@ -136,7 +137,7 @@ def admit(engine: Engine, *, slow_request: int, cache_time: int, limit: int = 10
                     ),
                     {"id": row.id, "error": clip(str(exc))},
                 )
-                report.refused.append((row.id, str(exc)))  # type: ignore[union-attr]
+                report.refused.append((row.id, str(exc)))
                 continue
             conn.execute(
                 sa.text(
