@@ -53,6 +53,8 @@ setup(
         "XlsxWriter>=3.2",
         # CKAN statistics: the legacy's per-domain bcrypt anonymisation of e-mail addresses.
         "bcrypt>=4.1",
+        # Data store: HAWK signatures of the data-flow calls (the library the legacy used).
+        "mohawk>=1.1",
     ],
     extras_require={
         "dev": [

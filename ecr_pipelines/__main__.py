@@ -25,6 +25,12 @@ ckan package --kind url --resource-url URL --resource-id ID --out FILE.zip
                         build one CKAN package (ZIP) without Dagster, mail or statistics
 datastore infer FILE.csv [--delimiter C] [--quote C]
                         check a CSV upload; print its columns' types and samples as JSON
+datastore put SOURCE FILE [--name NAME] [--replace]
+                        store a local file under a source's blob prefix (e.g. dit.baci,
+                        dit.spire.<table>); print {"key": ..., "bytes": ...}
+datastore dump SCHEMA DIR
+                        one CSV per table of SCHEMA (header, NULL as NULL) into DIR; print
+                        {"schema": ..., "tables": {table: rows}}
 
 demo, dev and standin need the development code (ecr_pipelines.dev), which a source checkout
 has and the Docker image leaves out.

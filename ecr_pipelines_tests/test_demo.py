@@ -52,6 +52,22 @@ def test_demo_runs_every_asset_and_is_idempotent(
         assert conn.scalar(sa.text("SELECT count(*) FROM registry.undertaking")) > 0
         assert conn.scalar(sa.text("SELECT count(*) FROM registry.old_company_link")) > 0
         assert conn.scalar(sa.text("SELECT count(*) FROM registry.substance")) > 0
+        # Data store: a placed file, a downloaded one, SPIRE and the upload (loaded once, not twice).
+        assert conn.scalar(sa.text('SELECT count(*) FROM "dit.baci"."L0"')) == 2
+        assert conn.scalar(sa.text('SELECT count(*) FROM "hmrc.exporters"."L1"')) > 0
+        assert conn.scalar(sa.text("SELECT count(*) FROM spire.applications")) > 0
+        assert (
+            conn.scalar(
+                sa.text("SELECT count(*) FROM datastore.pipeline_data_file WHERE state = 'completed'")
+            )
+            == 1
+        )
+        assert (
+            conn.scalar(
+                sa.text("SELECT count(*) FROM operations.datafile_registry WHERE state::text <> 'processed'")
+            )
+            == 0
+        )
     app.dispose()
     engine = sa.create_engine(expected["DAGSTER_PG_URL"])
     with engine.connect() as conn:

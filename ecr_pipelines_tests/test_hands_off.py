@@ -2,7 +2,8 @@
 by hand. The fresh deployment fills itself; then a dataset added to the Bulk Data Service index
 reaches Solr, an undertaking added to the F-gas registry is synced and linked to its old
 company, and two CKAN download requests a portal queues (a small one and a whole table) are
-packaged on their two queues and mailed, each within five minutes of the addition."""
+packaged on their two queues and mailed, and a file an operator puts under a data-store source
+and a CSV upload are loaded, each within five minutes of the addition."""
 
 import contextlib
 import hashlib
@@ -22,11 +23,15 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from ecr_pipelines.datastore.sources import SOURCES
 from ecr_pipelines.dev.ckan_demo import ROWS_RESOURCE
+from ecr_pipelines.dev.datastore_demo import FILES as DATASTORE_FILES
+from ecr_pipelines.dev.datastore_demo import PLACED, UPLOAD_KEY
 from ecr_pipelines.dev.demo import standins
 from ecr_pipelines.dev.iati_demo import RECORDINGS as IATI_RECORDINGS
 from ecr_pipelines.dev.registry_demo import RECORDINGS as REGISTRY_RECORDINGS
 from ecr_pipelines.dev.standins import RecordedRequest, Reply, StandInServer
+from ecr_pipelines.lib.blobstore import LocalBlobStore
 from ecr_pipelines.lib.database import engine_for, ensure_database
 from ecr_pipelines.lib.migrations import upgrade
 from ecr_pipelines_tests.conftest import outside_pytest_tmp
@@ -129,6 +134,22 @@ def queue_ckan_requests(engine: sa.Engine, api_url: str) -> None:
         )
 
 
+# The two data-store outcomes: the file an operator put is processed, the upload is completed.
+DATASTORE_PROGRESS = (
+    "SELECT (SELECT count(*) FROM operations.datafile_registry WHERE source = 'dit.baci' "
+    "AND state::text = 'processed') + (SELECT count(*) FROM datastore.pipeline_data_file WHERE state = 'completed')"
+)
+
+
+def put_datastore_files(blobs: Path) -> None:
+    """What an operator and a person uploading do: a BACI file under its prefix, a CSV upload."""
+    store = LocalBlobStore(blobs)
+    store.put_file(
+        SOURCES["dit.baci"].blob_prefix + "baci.csv", DATASTORE_FILES / "placed" / PLACED["dit.baci"]
+    )
+    store.put_file(UPLOAD_KEY, DATASTORE_FILES / "upload" / "ons_postcodes.csv")
+
+
 def wait_for(
     what: str, condition: Callable[[], bool], timeout: float, daemon: subprocess.Popen[bytes], log: Path
 ) -> float:
@@ -171,6 +192,7 @@ def deployment(pg_server_url: str) -> Iterator[tuple[dict[str, str], Path]]:
         IATI_POLL_SECONDS="5",
         REGISTRY_POLL_SECONDS="45",
         CKAN_POLL_SECONDS="5",
+        DATASTORE_POLL_SECONDS="5",
     )
     yield env, folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -219,6 +241,8 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
                         "undertaking_company_links",
                         "iati_solr_index",
                         "ckan_statistics",
+                        "datastore/hmrc/exporters",
+                        "datastore/upload_tables",
                     }
                     return wanted <= materialized
 
@@ -231,6 +255,7 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
                 upstreams.add_dataset()
                 upstreams.add_undertaking()
                 queue_ckan_requests(engine, standin_env["DEMO_CKAN_API_URL"])
+                put_datastore_files(folder / "blobs")
                 solr_url = standin_env["SOLR_URL"]
 
                 def in_solr() -> bool:
@@ -269,6 +294,19 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
                     for run in instance.get_runs(dg.RunsFilter(job_name="ckan_packages_job"))
                 }
                 assert {"fast", "slow"} <= queues  # the small request never waited for the big one's queue
+
+                def datastore_loaded() -> bool:
+                    return scalar(DATASTORE_PROGRESS) == 2
+
+                wait_for(
+                    "the placed BACI file and the upload loaded",
+                    datastore_loaded,
+                    WITHIN,
+                    daemon,
+                    folder / "daemon.log",
+                )
+                assert scalar('SELECT count(*) FROM "dit.baci"."L0"') == 2
+                assert scalar('SELECT count(*) FROM "demo.ons_postcodes"."L0"') > 0
                 runs = instance.get_runs()
                 assert runs, "the daemon launched runs"
                 # Every run the daemon launched carries its service's tag (the concurrency limits key on it).

@@ -175,7 +175,8 @@ class _CappedStream:
 
     def __init__(self, response: requests.Response, max_bytes: int, url: str) -> None:
         self._chunks = response.iter_content(CHUNK)
-        self._buffer = b""
+        # A bytearray: S3 reads 8 MiB at a time, and growing bytes chunk by chunk is quadratic.
+        self._buffer = bytearray()
         self._max = max_bytes
         self._url = url
         self.size = 0
@@ -197,10 +198,12 @@ class _CappedStream:
             if len(self.head) < HEAD_BYTES:
                 self.head += chunk[: HEAD_BYTES - len(self.head)]
             self._buffer += chunk
-        if size < 0:
-            data, self._buffer = self._buffer, b""
+        if size < 0 or size >= len(self._buffer):
+            data = bytes(self._buffer)
+            self._buffer.clear()
         else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
+            data = bytes(self._buffer[:size])
+            del self._buffer[:size]
         return data
 
 

@@ -164,6 +164,67 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
         "100000",
         "Rows of an uploaded CSV the column types are inferred from (`datastore infer`, the upload check).",
     ),
+    EnvVarDoc(
+        "DSS_COMPANIES_HOUSE_ACCOUNTS_URL",
+        "http://download.companieshouse.gov.uk/en_accountsdata.html",
+        "Companies House accounts listing page (HTML): the newest `Accounts_Bulk_Data-YYYY-MM-DD.zip` is downloaded.",
+    ),
+    EnvVarDoc(
+        "DSS_HMRC_EXPORTERS_URL",
+        "https://www.uktradeinfo.com/Statistics/Pages/DataDownloads.aspx",
+        "HMRC exporters listing page (HTML): the newest `exportersYYMM.zip` is downloaded.",
+    ),
+    EnvVarDoc(
+        "DSS_ONS_POSTCODE_DIRECTORY_URL",
+        "the geoportal's Hub Search API (see the data store section)",
+        "ONS Postcode Directory listing: an ArcGIS Hub search answer (JSON), no browser.",
+    ),
+    EnvVarDoc(
+        "DSS_ONS_POSTCODE_DIRECTORY_DOWNLOAD_URL",
+        "https://www.arcgis.com/sharing/rest/content/items/{id}/data",
+        "Where an ONS listing item's file is fetched (`{id}`: the ArcGIS item id).",
+    ),
+    EnvVarDoc(
+        "DATASTORE_MAX_DOWNLOAD_BYTES",
+        "21474836480",
+        "Largest source file a downloader stores (20 GiB); a bigger one fails that source only.",
+    ),
+    EnvVarDoc(
+        "DATASTORE_POLL_SECONDS",
+        "60",
+        "Seconds between looks for new files under `datastore/datasets/` and `datastore/uploads/`.",
+    ),
+    EnvVarDoc(
+        "DATASTORE_UPLOAD_AUTO_VERIFY",
+        "false",
+        "`true`: an upload that passes the check is loaded with its inferred column types, without `datastore_upload_job`.",
+    ),
+    EnvVarDoc(
+        "DATAFLOW_BASE_URL",
+        "(none: no trigger)",
+        "data-flow (Airflow) root; set, every load that changed a table triggers its DAG (HAWK-signed).",
+    ),
+    EnvVarDoc(
+        "DATAFLOW_HAWK_ID",
+        "(none)",
+        "HAWK id of the data-flow calls.",
+    ),
+    EnvVarDoc(
+        "DATAFLOW_HAWK_KEY",
+        "(none)",
+        "HAWK key of the data-flow calls.",
+        secret=True,
+    ),
+    EnvVarDoc(
+        "DATAFLOW_UPLOADER_DAG_ID",
+        "DSSGenericPipeline",
+        "The data-flow DAG a load triggers.",
+    ),
+    EnvVarDoc(
+        "DATAFLOW_TIMEOUT_SECONDS",
+        "1800",
+        "How long an upload waits for its DAG run to succeed before it is `failed` (the legacy: 360 polls of 5 s).",
+    ),
     # IATI refresher.
     EnvVarDoc(
         "IATI_SOURCE", "bds", "Index source: `bds` (Bulk Data Service) or `registry` (legacy CKAN registry)."

@@ -29,11 +29,12 @@ answers a GeoJSON ``FeatureCollection`` whose ``features`` are catalogue items: 
 ArcGIS item id, ``properties.title`` the title (``ONS Postcode Directory (May 2024)``). The item
 id gives the file without visiting the item page: ArcGIS Online serves an item's file at
 ``https://www.arcgis.com/sharing/rest/content/items/<id>/data`` (the URL the legacy's download
-button led to, as its tests record). Titles must match ``link_regex`` whole, which leaves out the
-user guides and the centroid layers of the same search. The parser also reads the two other
-shapes an ArcGIS search can answer in, should the endpoint have to change: ArcGIS Online's
-``/sharing/rest/search?f=json`` (``results[].id``/``.title``) and Hub v3 (``data[].id``,
-``data[].attributes.name``).
+button led to, as its tests record); ``item_data_url`` lets a caller put another template with
+``{id}`` in its place (a stand-in, or a mirror). Titles must match ``link_regex`` whole, which
+leaves out the user guides and the centroid layers of the same search. The parser also reads the
+two other shapes an ArcGIS search can answer in, should the endpoint have to change: ArcGIS
+Online's ``/sharing/rest/search?f=json`` (``results[].id``/``.title``) and Hub v3
+(``data[].id``, ``data[].attributes.name``).
 """
 
 import json
@@ -183,8 +184,11 @@ def arcgis_items(payload: Any) -> Iterator[tuple[str, str]]:
                 yield attributes.get("name") or attributes.get("title"), item.get("id")
 
 
-def files_in_arcgis_search(body: bytes, link_regex: str, date_format: str) -> list[OnlineFile]:
-    """The items whose whole title matches, dated from it, as ArcGIS item data URLs."""
+def files_in_arcgis_search(
+    body: bytes, link_regex: str, date_format: str, *, item_data_url: str = ARCGIS_ITEM_DATA_URL
+) -> list[OnlineFile]:
+    """The items whose whole title matches, dated from it, as item data URLs (``item_data_url``
+    with the item id for ``{id}``)."""
     try:
         payload = json.loads(body)
     except ValueError as error:
@@ -200,14 +204,18 @@ def files_in_arcgis_search(body: bytes, link_regex: str, date_format: str) -> li
         if match is None or not _ITEM_ID.fullmatch(item):
             continue
         found.append(
-            OnlineFile(ARCGIS_ITEM_DATA_URL.format(id=item), _parse_date(match["date"], date_format, title))
+            OnlineFile(item_data_url.format(id=item), _parse_date(match["date"], date_format, title))
         )
     return found
 
 
-def online_files(body: bytes, page_url: str, settings: ListingSettings) -> list[OnlineFile]:
+def online_files(
+    body: bytes, page_url: str, settings: ListingSettings, *, item_data_url: str = ARCGIS_ITEM_DATA_URL
+) -> list[OnlineFile]:
     if settings.listing_format == "arcgis_json":
-        files = files_in_arcgis_search(body, settings.link_regex, settings.link_date_format)
+        files = files_in_arcgis_search(
+            body, settings.link_regex, settings.link_date_format, item_data_url=item_data_url
+        )
     else:
         files = links_in_html(body, page_url, settings.link_regex, settings.link_date_format)
     if not files:
@@ -249,9 +257,11 @@ def new_file(
     stored_names: Iterable[str],
     settings: ListingSettings,
     refresh_delay: timedelta = REFRESH_DELAY,
+    *,
+    item_data_url: str = ARCGIS_ITEM_DATA_URL,
 ) -> NewFile | None:
     """The file to download and the name to store it under, or None when nothing is new."""
-    latest = latest_online(online_files(body, page_url, settings))
+    latest = latest_online(online_files(body, page_url, settings, item_data_url=item_data_url))
     if not is_new(latest.date, latest_stored(stored_names, settings), refresh_delay):
         return None
     return NewFile(latest.url, latest.date, stored_name(settings, latest.date))
