@@ -4,7 +4,8 @@
 for one source: it lists the source's blob folder, takes the files that are due (``registry``)
 oldest first, and loads each with ``load_file``. ``load_file`` loads one file in ONE transaction:
 the schema ``"<org>.<dataset>"`` and its tables are created if missing, the reader's rows are
-streamed with ``COPY`` into a temporary table, and moved into ``"L0"`` (and ``"L1"``) with
+streamed with ``COPY`` into a temporary table (``lib.copy``: COPY's text format, sent from a
+helper thread while the next rows are read), and moved into ``"L0"`` (and ``"L1"``) with
 ``INSERT .. SELECT`` statements built from the spec. The ``processed`` mark commits with the
 rows, so a run that dies mid-file leaves the tables as they were before that file and the file
 due; any error (a bad file, a value the column type refuses, a bug) marks the file ``failed``
@@ -22,6 +23,16 @@ as parameters, never written into the SQL):
   snapshot); ``L1(id serial, data_source_row_id, <L1 columns>, UNIQUE(data_source_row_id))`` gets
   the transform of the L0 rows this file created (without the constraint when the transform
   makes several L1 rows of one L0 row: the EU membership unpivot, as in the legacy).
+
+Snapshot speed: the file is COPYed in batches (``SNAPSHOT_BATCH_ROWS``), and after each one the
+server hashes that batch's rows (once each) and moves them on while the next batch is read. The
+first file of a new L0 (``_bulk_snapshot``) needs no comparison with earlier rows: its rows go
+straight in and the keys are built after them, which is several times cheaper than keeping a
+unique index up to date row by row. A file into an L0 that has rows (``_merge_snapshot``) is
+hashed into a second temporary table, analysed, and merged by the one statement it always was.
+``benchmarks/datastore_load.py`` (1,000,000 rows x 20 columns): 62 s before this, 35 s after on
+a busy machine where COPY alone took 12 s instead of its quiet 7.5; the server's work is now
+mostly the hashing and the inserting themselves, and the reading and encoding overlap it.
 
 ``force`` (``load_source``): the legacy dropped and recreated the tables before every forced
 file, so with several files only the last one's rows survived. Here a forced run drops the
@@ -57,7 +68,7 @@ from ecr_pipelines.datastore.sources.spec import FileRows, L1Transform, Problem,
 from ecr_pipelines.datastore.spire import rebuild_spire
 from ecr_pipelines.datastore.transform import run_transform
 from ecr_pipelines.lib.blobstore import BlobStore
-from ecr_pipelines.lib.copy import copy_rows
+from ecr_pipelines.lib.copy import ROWS_BEFORE, copy_rows
 from ecr_pipelines.lib.scratch import scratch_root
 
 log = logging.getLogger(__name__)
@@ -68,6 +79,14 @@ L0_SEQUENCE = "L0_SEQUENCE"
 # The per-file staging table: temporary, so it is private to the loading session and goes with
 # the transaction whether it commits or not.
 STAGING = "datastore_load"
+# A snapshot's rows with their hash (``_merge_snapshot``), temporary as well.
+HASHED = "datastore_load_hashed"
+# Rows per COPY of a snapshot file: the server hashes and moves one batch on while the next is
+# read and sent, and the staging table stays small.
+SNAPSHOT_BATCH_ROWS = 20_000
+# At least this much memory per sort or hash for a snapshot merge (``_merge_snapshot``).
+SNAPSHOT_WORK_MEM = "64MB"
+UNIQUE_VIOLATION = "23505"
 HELPER_COLUMNS = frozenset({"id", "datafile_created", "datafile_updated", "data_hash", "data_source_row_id"})
 # The parameter name of the file's base name in the statements; spec parameters are other names.
 FILE_PARAM = "_datafile"
@@ -228,6 +247,7 @@ class _Statements:
         self.l1 = table_name(job.spec.schema, L1)
         self.sequence = table_name(job.spec.schema, L0_SEQUENCE)
         self.staging = f"pg_temp.{ident(STAGING)}"
+        self.hashed = f"pg_temp.{ident(HASHED)}"
         self.params: dict[str, Any] = {**job.rows.params, FILE_PARAM: job.datafile}
         self.columns = _column_list(job.spec.column_names)
 
@@ -310,15 +330,22 @@ def _fans_out(transform: L1Transform) -> bool:
     return transform.lateral is not None
 
 
-def _ensure_snapshot_tables(s: _Statements) -> None:
-    s.run(f"CREATE SCHEMA IF NOT EXISTS {s.schema}")
-    _create_table(
-        s,
-        s.l0,
-        '"id" serial PRIMARY KEY, "datafile_created" text, "datafile_updated" text, "data_hash" text, '
-        f'{s.column_types()}, UNIQUE ("data_hash")',
-        ["id", "datafile_created", "datafile_updated", "data_hash", *s.spec.column_names],
+def _snapshot_l0_columns(s: _Statements) -> str:
+    return (
+        '"id" serial, "datafile_created" text, "datafile_updated" text, "data_hash" text, ' + s.column_types()
     )
+
+
+def _ensure_snapshot_tables(s: _Statements) -> bool:
+    """Create what is missing; True when L0 is new, made here without its keys (``_bulk_snapshot``
+    adds them after its rows: an index built once is several times cheaper than one kept up to
+    date row by row)."""
+    s.run(f"CREATE SCHEMA IF NOT EXISTS {s.schema}")
+    expected = ["id", "datafile_created", "datafile_updated", "data_hash", *s.spec.column_names]
+    _, found = s.run("SELECT to_regclass(%(_table)s) IS NULL", {"_table": s.l0})
+    new = bool(found[0][0])
+    keys = "" if new else ', PRIMARY KEY ("id"), UNIQUE ("data_hash")'
+    _create_table(s, s.l0, _snapshot_l0_columns(s) + keys, expected)
     if s.spec.l1 is not None:
         unique = "" if _fans_out(s.spec.l1) else ', UNIQUE ("data_source_row_id")'
         _create_table(
@@ -327,34 +354,29 @@ def _ensure_snapshot_tables(s: _Statements) -> None:
             f'"id" serial PRIMARY KEY, "data_source_row_id" integer, {s.l1_types()}{unique}',
             ["id", "data_source_row_id", *s.spec.l1.column_names],
         )
+    return new
 
 
-class _Watched:
-    """The reader's rows as COPY consumes them, keeping the reader's own error: psycopg2 turns an
-    exception raised inside ``copy_expert`` into a database error that loses its kind and line."""
-
-    def __init__(self, rows: Iterator[Any]) -> None:
-        self.rows = rows
-        self.error: Exception | None = None
-
-    def __iter__(self) -> Iterator[Any]:
-        try:
-            yield from self.rows
-        except Exception as error:
-            self.error = error
-            raise
-
-
-def _copy_into_staging(s: _Statements, id_column: str | None = None) -> int:
+def _copy_into_staging(
+    s: _Statements,
+    id_column: str | None = None,
+    *,
+    batch_rows: int | None = None,
+    after_batch: Callable[[int], None] | None = None,
+) -> int:
+    """COPY the reader's rows into the staging table; with ``after_batch``, one COPY per
+    ``batch_rows`` rows, each followed by ``after_batch`` (see ``lib.copy.copy_rows``)."""
     columns = f"{id_column}, {s.column_types()}" if id_column else s.column_types()
     s.run(f"CREATE TEMPORARY TABLE {ident(STAGING)} ({columns}) ON COMMIT DROP")
-    watched = _Watched(s.job.rows.rows)
-    try:
-        return copy_rows(s.job.conn, f"pg_temp.{ident(STAGING)}", s.spec.column_names, watched)
-    except Exception as error:
-        if watched.error is not None:
-            raise watched.error from error
-        raise
+    # The reader's own error (its kind and line) comes out of copy_rows as it was raised.
+    return copy_rows(
+        s.job.conn,
+        s.staging,
+        s.spec.column_names,
+        s.job.rows.rows,
+        batch_rows=batch_rows,
+        after_batch=after_batch,
+    )
 
 
 def _l1_select(transform: L1Transform, relation: str, condition: str | None) -> tuple[str, str]:
@@ -416,14 +438,88 @@ def load_incremental(job: FileLoad) -> Loaded:
     return Loaded(rows_read=read, l0_inserted=l0_inserted, l1_inserted=l1_inserted)
 
 
-def load_snapshot(job: FileLoad) -> Loaded:
-    """Add the file's distinct rows that L0 lacks, move ``datafile_updated`` of those it has to
-    this file, and add the transform of the new rows to L1."""
-    s = _Statements(job)
-    _check_params(s)
-    _ensure_snapshot_tables(s)
-    read = _copy_into_staging(s)
-    row_hash = "md5(ROW(" + _column_list(job.spec.column_names, "t.") + ")::text)"
+def _row_hash(s: _Statements) -> str:
+    return "md5(ROW(" + _column_list(s.spec.column_names, "t.") + ")::text)"
+
+
+def _bulk_snapshot(s: _Statements) -> tuple[int, int]:
+    """The first file of a new L0 (made by this transaction, so nobody else sees it yet): (rows
+    read, rows inserted). Every row goes in, hashed once, in batches while the next one is read;
+    then the keys are built, and a repeat within the file (whose unique key fails) is removed
+    after its first occurrence, which is what the general statement's ON CONFLICT does. The ids
+    end the same too: there a repeat draws an id it leaves unused, here its row goes with it."""
+    move = (
+        f'INSERT INTO {s.l0} ("datafile_created", "datafile_updated", "data_hash", {s.columns}) '
+        f"SELECT %({FILE_PARAM})s, %({FILE_PARAM})s, {_row_hash(s)}, {_column_list(s.spec.column_names, 't.')} "
+        f"FROM {s.staging} AS t"
+    )
+    inserted = 0
+
+    def after_batch(rows: int) -> None:
+        nonlocal inserted
+        inserted += s.run(move)[0]
+        # Emptied in place (the table is this transaction's), so it stays a batch small.
+        s.run(f"TRUNCATE {s.staging}")
+
+    read = _copy_into_staging(s, batch_rows=SNAPSHOT_BATCH_ROWS, after_batch=after_batch)
+    # As CREATE TABLE names them: "L0_pkey", "L0_data_hash_key".
+    s.run(f'ALTER TABLE {s.l0} ADD PRIMARY KEY ("id")')
+    add_key = f'ALTER TABLE {s.l0} ADD UNIQUE ("data_hash")'
+    s.run("SAVEPOINT datastore_hash_key")
+    try:
+        s.run(add_key)
+    except psycopg2.Error as error:
+        if error.pgcode != UNIQUE_VIOLATION:
+            raise
+        s.run("ROLLBACK TO SAVEPOINT datastore_hash_key")
+        repeats, _ = s.run(
+            f"DELETE FROM {s.l0} AS later WHERE EXISTS (SELECT 1 FROM {s.l0} AS l0 "
+            'WHERE l0."data_hash" = later."data_hash" AND l0."id" < later."id")'
+        )
+        inserted -= repeats
+        s.run(add_key)
+    s.run("RELEASE SAVEPOINT datastore_hash_key")
+    return read, inserted
+
+
+def _merge_snapshot(s: _Statements) -> tuple[int, int, int]:
+    """A file into an L0 that has rows (or may have): (rows read, inserted, seen again)."""
+    names = _column_list(s.spec.column_names, "t.")
+    # The hash once per row, in batches while the next one is read: the statement below needs
+    # it three times (the rows seen, the rows new, the repeats within the file). "ord" is the
+    # row's place in the file, for the new rows' ids: the join that finds them may give them in
+    # another order (a hash of the file's rows probed by L0's), and a table filled by INSERT may
+    # put a short row in an earlier page's free space.
+    s.run(
+        f'CREATE TEMPORARY TABLE {ident(HASHED)} ("ord" bigint, "data_hash" text, {s.column_types()}) '
+        "ON COMMIT DROP"
+    )
+    move = (
+        f'INSERT INTO {s.hashed} ("ord", "data_hash", {s.columns}) '
+        f"SELECT %(_before)s + row_number() OVER (), {_row_hash(s)}, {names} FROM {s.staging} AS t"
+    )
+    before = 0
+
+    def after_batch(rows: int) -> None:
+        nonlocal before
+        # The staging table was made by this transaction, so COPY fills it page after page, and
+        # its scan gives the rows in the file's order.
+        s.run(move, {"_before": before})
+        before += rows
+        s.run(f"TRUNCATE {s.staging}")
+
+    read = _copy_into_staging(s, batch_rows=SNAPSHOT_BATCH_ROWS, after_batch=after_batch)
+    # Temporary tables get no statistics unless asked: without them the planner guessed 200
+    # distinct hashes and probed L0's index once per row (1.6 times slower, 300,000 rows seen
+    # again); with them it hashes. The one column is enough, and quick.
+    s.run(f'ANALYZE {s.hashed} ("data_hash")')
+    # Its hash joins over the file's hashes in memory rather than in batches through disk (for
+    # this transaction only, and never lowered).
+    s.run(
+        "SELECT set_config('work_mem', %(_work_mem)s, true) "
+        "WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes(%(_work_mem)s)",
+        {"_work_mem": SNAPSHOT_WORK_MEM},
+    )
     # The legacy's single INSERT .. SELECT DISTINCT ON (columns) .. ON CONFLICT DO UPDATE, in two
     # parts of one statement. Rows L0 has get this file as their last snapshot; the others are
     # inserted, each distinct row once: a repeat within the file meets the row the same
@@ -434,16 +530,28 @@ def load_snapshot(job: FileLoad) -> Loaded:
     # L0 as it was before this file, so the rows one inserts are not counted as seen again.
     _, counts = s.run(
         f'WITH seen AS (UPDATE {s.l0} AS l0 SET "datafile_updated" = %({FILE_PARAM})s '
-        f'WHERE l0."data_hash" IN (SELECT {row_hash} FROM {s.staging} AS t) RETURNING 1), '
+        f'WHERE l0."data_hash" IN (SELECT "data_hash" FROM {s.hashed}) RETURNING 1), '
         f"written AS (INSERT INTO {s.l0} "
         f'("datafile_created", "datafile_updated", "data_hash", {s.columns}) '
-        f"SELECT %({FILE_PARAM})s, %({FILE_PARAM})s, {row_hash}, {_column_list(job.spec.column_names, 't.')} "
-        f"FROM {s.staging} AS t "
-        f'WHERE NOT EXISTS (SELECT 1 FROM {s.l0} AS l0 WHERE l0."data_hash" = {row_hash}) '
-        f'ON CONFLICT ("data_hash") DO NOTHING RETURNING 1) '
+        f'SELECT %({FILE_PARAM})s, %({FILE_PARAM})s, t."data_hash", {names} '
+        f"FROM {s.hashed} AS t "
+        f'WHERE NOT EXISTS (SELECT 1 FROM {s.l0} AS l0 WHERE l0."data_hash" = t."data_hash") '
+        f'ORDER BY t."ord" ON CONFLICT ("data_hash") DO NOTHING RETURNING 1) '
         f"SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM seen)"
     )
-    l0_inserted, l0_updated = counts[0]
+    return read, counts[0][0], counts[0][1]
+
+
+def load_snapshot(job: FileLoad) -> Loaded:
+    """Add the file's distinct rows that L0 lacks, move ``datafile_updated`` of those it has to
+    this file, and add the transform of the new rows to L1."""
+    s = _Statements(job)
+    _check_params(s)
+    if _ensure_snapshot_tables(s):
+        read, l0_inserted = _bulk_snapshot(s)
+        l0_updated = 0
+    else:
+        read, l0_inserted, l0_updated = _merge_snapshot(s)
     l1_inserted = 0
     transform = job.spec.l1
     if transform is not None:
@@ -498,7 +606,13 @@ def describe_error(error: BaseException) -> tuple[str, str]:
         diag = error.diag
         # COPY counts the rows it was sent, which is not the file's line (header, quoted line
         # breaks, skipped lines): say "data row" so that nobody looks at the wrong line.
-        context = _COPY_LINE.sub(r"data row \1", diag.context) if diag.context else None
+        # A snapshot file goes in by batches, a COPY each, whose lines count from 1 again.
+        before = getattr(error, ROWS_BEFORE, 0)
+        context = (
+            _COPY_LINE.sub(lambda line: f"data row {int(line.group(1)) + before}", diag.context)
+            if diag.context
+            else None
+        )
         parts = [diag.message_primary or str(error).strip(), diag.message_detail, context]
         code = f" {error.pgcode}" if error.pgcode else ""
         return "database", f"database error{code}: " + "; ".join(part.strip() for part in parts if part)

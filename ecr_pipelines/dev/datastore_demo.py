@@ -15,9 +15,9 @@ PLACED = {
     "dit.reference_postcodes": "dit_reference_postcodes_snapshot1.csv",
     "dit.baci": "dit_baci.csv",
     "dit.eu_country_membership": "dit_eu_country_membership_eu_spine.csv",
-    "comtrade.country_code_and_iso": "comtrade_country_code_and_iso_country_list.csv",
+    "comtrade.country_code_and_iso": "comtrade_country_code_and_iso_demo.csv",
     "world_bank.bound_rates": "world_bank_bound_rates_multiple_nomen_codes.csv",
-    "world_bank.tariff": "world_bank_tariff.csv",
+    "world_bank.tariff": "world_bank_tariff_demo.csv",
 }
 UPLOAD_KEY = "datastore/uploads/demo/ons_postcodes/ons_postcodes.csv"
 

@@ -415,6 +415,202 @@ def test_snapshot_versions_rows_first_and_last_seen(engine: Engine, store: Local
     ]
 
 
+# --- snapshots in bulk: a new L0 gets its keys after its rows, a file goes in by batches -------------------
+
+SYNTHETIC_SCHEMA = "t.load_snapshot"
+SYNTHETIC_HEADER = ["label", "amount", "day", "count"]
+
+
+def _synthetic_reader(stream: Any, file_name: str) -> Any:
+    from ecr_pipelines.datastore.sources._files import csv_source_rows
+    from ecr_pipelines.datastore.sources.spec import FileRows
+
+    return FileRows(rows=csv_source_rows(stream, file_name, header=SYNTHETIC_HEADER))
+
+
+@pytest.fixture
+def synthetic(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[SourceSpec]:
+    """A snapshot source of text, numeric, date and bigint columns, loaded in batches of 4 rows
+    (two 2-row chunks)."""
+    from ecr_pipelines.datastore.sources.spec import Column, blob_prefix
+    from ecr_pipelines.lib import copy
+
+    monkeypatch.setattr(copy, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(load, "SNAPSHOT_BATCH_ROWS", 4)
+    yield SourceSpec(
+        id="t.load_snapshot",
+        group="t.load_snapshot",
+        loading="snapshot",
+        schema=SYNTHETIC_SCHEMA,
+        columns=(
+            Column("label", "text"),
+            Column("amount", "numeric"),
+            Column("day", "date"),
+            Column("count", "bigint"),
+        ),
+        reader=_synthetic_reader,
+        blob_prefix=blob_prefix("t", "load_snapshot"),
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{SYNTHETIC_SCHEMA}" CASCADE'))
+
+
+def _csv(rows: list[tuple[str, ...]]) -> bytes:
+    lines = [",".join(SYNTHETIC_HEADER)] + [",".join(f'"{value}"' for value in row) for row in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _layout(engine: Engine, schema: str) -> dict[str, Any]:
+    """L0's definition as the catalog has it, its schema's name left out."""
+    table = f'"{schema}"."L0"'
+    with engine.connect() as conn:
+        columns = conn.execute(
+            sa.text(
+                "SELECT attname, format_type(atttypid, atttypmod), attnotnull, "
+                "pg_get_expr(adbin, adrelid) FROM pg_attribute LEFT JOIN pg_attrdef "
+                "ON adrelid = attrelid AND adnum = attnum WHERE attrelid = to_regclass(:t) "
+                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+            ),
+            {"t": table},
+        ).all()
+        constraints = conn.execute(
+            sa.text(
+                "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = to_regclass(:t) ORDER BY conname"
+            ),
+            {"t": table},
+        ).all()
+        indexes = conn.execute(
+            sa.text(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = :s AND tablename = 'L0' "
+                "ORDER BY indexname"
+            ),
+            {"s": schema},
+        ).all()
+        owned = conn.execute(
+            sa.text(
+                "SELECT pg_get_serial_sequence(:t, 'id') IS NOT NULL, relpersistence FROM pg_class WHERE oid = to_regclass(:t)"
+            ),
+            {"t": table},
+        ).one()
+    return {
+        "columns": [tuple(str(value).replace(schema, "S") for value in row) for row in columns],
+        "constraints": [tuple(row) for row in constraints],
+        "indexes": [(name, definition.replace(f'"{schema}"', "S")) for name, definition in indexes],
+        "owned": tuple(owned),
+    }
+
+
+def test_a_new_snapshot_l0_ends_with_the_layout_it_always_had(engine: Engine, store: LocalBlobStore) -> None:
+    spec = SOURCES["dit.reference_postcodes"]
+    put(store, spec, "snapshot.csv", "dit_reference_postcodes_snapshot1.csv")
+    assert load.load_source(engine, store, spec).loaded == ["snapshot.csv"]
+    # The table as the loader created it before the keys were added after the rows.
+    columns = ", ".join(f'"{column.name}" {column.type}' for column in spec.columns)
+    with engine.begin() as conn:
+        conn.execute(sa.text('CREATE SCHEMA "t.layout"'))
+        conn.execute(
+            sa.text(
+                'CREATE TABLE "t.layout"."L0" ("id" serial PRIMARY KEY, "datafile_created" text, '
+                f'"datafile_updated" text, "data_hash" text, {columns}, UNIQUE ("data_hash"))'
+            )
+        )
+    try:
+        assert _layout(engine, spec.schema) == _layout(engine, "t.layout")
+        assert [name for name, _ in _layout(engine, spec.schema)["indexes"]] == [
+            "L0_data_hash_key",
+            "L0_pkey",
+        ]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text('DROP SCHEMA "t.layout" CASCADE'))
+
+
+def test_repeats_within_a_file_keep_their_first_row_and_its_id(engine: Engine, synthetic: SourceSpec) -> None:
+    a, b, c, d = (
+        ("A", "1.50", "2020-01-02", "7"),
+        ("B", "", "", ""),
+        ("C", "2", "2021-1-1", "3000000000"),
+        ("D", "", "", "1"),
+    )
+    # A new L0, three batches: the repeats of A and B are in other batches than their first rows.
+    first = load.load_file(engine, synthetic, "one.csv", io.BytesIO(_csv([a, b, c, a, d, b, b, a, c, d])))
+    assert (first.status, first.rows_read, first.l0_inserted, first.l0_updated) == ("loaded", 10, 4, 0)
+    l0 = table(engine, SYNTHETIC_SCHEMA, "L0")
+    # A repeat draws an id it leaves unused, as the statement that meets it in the unique index.
+    assert [(row["id"], row["label"]) for row in l0] == [(1, "A"), (2, "B"), (3, "C"), (5, "D")]
+    with engine.connect() as conn:
+        hashes = conn.execute(
+            sa.text(
+                f'SELECT count(*) FROM "{SYNTHETIC_SCHEMA}"."L0" AS t '
+                "WHERE data_hash = md5(ROW(t.label, t.amount, t.day, t.count)::text)"
+            )
+        ).scalar()
+    assert hashes == 4
+
+    # An L0 with rows: A and C seen again (A twice), E new twice, F new; ids in the file's order.
+    e, f = ("E", "5", "", ""), ("F", "", "1999-12-31", "")
+    second = load.load_file(
+        engine, synthetic, "two.csv", io.BytesIO(_csv([e, a, f, a, c, e, ("A", "1.5", "2020-01-02", "7")]))
+    )
+    assert (second.status, second.rows_read, second.l0_inserted, second.l0_updated) == ("loaded", 7, 3, 2)
+    l0 = table(engine, SYNTHETIC_SCHEMA, "L0")
+    assert [(row["id"], row["label"], row["datafile_created"], row["datafile_updated"]) for row in l0] == [
+        (1, "A", "one.csv", "two.csv"),
+        (2, "B", "one.csv", "one.csv"),
+        (3, "C", "one.csv", "two.csv"),
+        (5, "D", "one.csv", "one.csv"),
+        (11, "E", "two.csv", "two.csv"),
+        (12, "F", "two.csv", "two.csv"),
+        # 1.5 is not 1.50: another row. E's repeat drew 13.
+        (14, "A", "two.csv", "two.csv"),
+    ]
+
+
+def test_new_rows_of_a_later_file_take_ids_in_its_order(engine: Engine, synthetic: SourceSpec) -> None:
+    old = [(f"old {n}", str(n), "", "") for n in range(300)]
+    assert load.load_file(engine, synthetic, "one.csv", io.BytesIO(_csv(old))).l0_inserted == 300
+    # A few rows against a big L0: the planner may hash the file's rows and probe them with L0's,
+    # which gives the new ones in the hash's order.
+    new = [
+        ("zeta", "", "", ""),
+        old[5],
+        ("alpha", "", "", ""),
+        ("mu", "", "", ""),
+        old[7],
+        ("beta", "", "", ""),
+    ]
+    report = load.load_file(engine, synthetic, "two.csv", io.BytesIO(_csv(new)))
+    assert (report.l0_inserted, report.l0_updated) == (4, 2)
+    added = [(row["id"], row["label"]) for row in table(engine, SYNTHETIC_SCHEMA, "L0") if row["id"] > 300]
+    assert added == [(301, "zeta"), (302, "alpha"), (303, "mu"), (304, "beta")]
+
+
+def test_a_bad_value_in_a_later_batch_of_a_new_l0(
+    engine: Engine, synthetic: SourceSpec, store: LocalBlobStore
+) -> None:
+    rows = [(f"row {n}", str(n), "", "") for n in range(20)]
+    rows[13] = ("row 13", "thirteen", "", "")
+    put(store, synthetic, "a_bad.csv", _csv(rows))
+    put(store, synthetic, "b_good.csv", _csv(rows[:13]))
+    report = load.load_source(engine, store, synthetic)
+    assert (report.failed, report.loaded) == (["a_bad.csv"], ["b_good.csv"])
+    # Its place in the file, not in its batch's COPY.
+    assert states(engine, synthetic.id)["a_bad.csv"] == (
+        "failed",
+        'database error 22P02: invalid input syntax for type numeric: "thirteen"; '
+        'data row 14, column amount: "thirteen"',
+    )
+    # The failed file's table went with its transaction; the next file made its own.
+    assert [row["id"] for row in table(engine, SYNTHETIC_SCHEMA, "L0")] == list(range(1, 14))
+    assert _layout(engine, SYNTHETIC_SCHEMA)["constraints"][0][0] == "L0_data_hash_key"
+
+    # A reader's error in a later batch fails the file the same way, with the reader's kind and line.
+    file = load.load_file(engine, synthetic, "c_short.csv", io.BytesIO(_csv(rows[:6]) + b"x,1\n"))
+    assert (file.status, file.error_kind) == ("failed", "bad_row") and "line 8" in (file.error or "")
+    assert len(table(engine, SYNTHETIC_SCHEMA, "L0")) == 13
+
+
 # --- force ---------------------------------------------------------------------------------------------
 
 

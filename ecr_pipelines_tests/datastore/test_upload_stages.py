@@ -518,6 +518,26 @@ def test_a_file_changed_deep_down_stops_the_copy_it_fed(engine: Engine, store: B
     assert not exists(engine, "org.ds", "L0")
 
 
+@pytest.mark.parametrize("encoder", ["text", "csv"])
+def test_a_file_made_unreadable_since_its_check_names_the_line(
+    engine: Engine, store: BlobStore, encoder: str
+) -> None:
+    """The load reads the file with the check's own reader (uploads.csv_reader): a byte that is
+    not UTF-8 deep in a file replaced since its check stops the load, naming its line."""
+    rows = "".join(f"{index},x\n" for index in range(5_000))
+    key = upload(engine, store, "org/ds/a.csv", "n,t\n" + rows)
+    verify_upload(engine, key)
+    store.put_bytes(key, ("n,t\n" + rows).encode() + b"5000,caf\xe9\n")
+    load_verified(engine, store, encoder=encoder)  # type: ignore[arg-type]
+    file = row(engine, key)
+    assert (file.state, file.error_kind) == ("failed", "changed")
+    assert file.error_message == (
+        "the file cannot be read as it was checked (line 5002 is not UTF-8 (byte 0xe9 at byte 9 of "
+        "the line): save the file as UTF-8): check it again"
+    )
+    assert not exists(engine, "org.ds", "L0")
+
+
 def test_dataflow_callback_decides_completed_or_failed(engine: Engine, store: BlobStore) -> None:
     good = upload(engine, store, "org/good/a.csv", "a\n1\n")
     bad = upload(engine, store, "org/bad/a.csv", "a\n1\n")
@@ -562,7 +582,8 @@ def _end(engine: Engine, conn: sa.Connection) -> None:
     conn.invalidate()
     conn.close()
     with engine.connect() as check:
-        for _ in range(100):
+        # Generous: on a busy machine a closed backend can take seconds to leave pg_stat_activity.
+        for _ in range(1200):
             if not check.scalar(sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}):
                 return
             time.sleep(0.05)

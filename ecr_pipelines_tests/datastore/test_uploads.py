@@ -3,12 +3,15 @@
 import csv
 import io
 import json
+import random
 import shutil
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
 
 from ecr_pipelines.__main__ import main
+from ecr_pipelines.datastore import uploads
 from ecr_pipelines.datastore.uploads import (
     COLUMN_TYPES,
     RESERVED_NAMES,
@@ -178,6 +181,16 @@ def test_line_ends(end: str) -> None:
     assert result.ok and result.sample == [["1", f"x{end}y"], ["2", "z"]]
     # A row error names the same line whatever the line ends.
     assert check(f"a,b{end}1,2{end}3{end}").errors[0].message.endswith("line 3 has 1")
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 4, 5, 7, 1 << 16])
+def test_line_numbers_whatever_the_pieces_read(step: int) -> None:
+    # A \r\n cut between two reads is still one line end.
+    text = "a,b\r\n1,2\r\n\r\n3\r\n4,5\r6\n7,8\r\n9"
+    result = check_csv(Trickle(text.encode(), step))
+    assert result.errors[0].message == (
+        "3 rows do not have the header's 2 values: line 4 has 1, line 6 has 1, line 8 has 1"
+    )
 
 
 def test_reads_in_small_pieces() -> None:
@@ -451,3 +464,150 @@ def test_the_command_on_a_missing_file_or_bad_options(
     path.write_text("a\n1\n", encoding="utf-8")
     assert main(["datastore", "infer", str(path), "--quote", ","]) == 2
     assert "must differ" in json.loads(capsys.readouterr().out)["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Large files: read in blocks, the plainly regular ones without splitting each row in Python
+
+
+def _generated(seed: int, rows: int, *, delimiter: str = ",", quote: str = '"', oddities: bool = True) -> str:
+    """A CSV of ``rows`` rows of 4 typed columns, with (if ``oddities``) some quoted values,
+    values spanning lines, blank lines, rows of another length and every kind of line end."""
+    rng = random.Random(seed)
+    d, q = delimiter, quote
+    lines = [d.join(["n", "x", "day", "note"])]
+    for index in range(rows):
+        note = rng.choice(["plain", "", "NULL", f"{q}a{d} b{q}", f"{q}say {q}{q}hi{q}{q}{q}", "é€"])
+        values = [str(index), rng.choice(["1.5", "-2", "N/A", ""]), "2020-02-29", note]
+        if oddities:
+            pick = rng.random()
+            if pick < 0.01:
+                values[3] = q + "two" + rng.choice(["\n", "\r\n", "\r"]) + "lines" + q
+            elif pick < 0.015:
+                values = values[:2]
+            elif pick < 0.02:
+                lines.append("")
+        lines.append(d.join(values))
+    ends = ["\n", "\r\n"] + (["\r"] if oddities else [])
+    return "".join(line + rng.choice(ends) for line in lines)
+
+
+def _both_ways(
+    monkeypatch: pytest.MonkeyPatch, data: bytes, chunk: int, **options: object
+) -> tuple[UploadCheck, UploadCheck]:
+    """check_csv as it is, and with the csv module reading every row."""
+    monkeypatch.setattr(uploads, "_CHUNK", chunk)
+    fast = check_csv(Trickle(data, 1000), **options)  # type: ignore[arg-type]
+    with monkeypatch.context() as patch:
+        patch.setattr(uploads._FastRead, "create", classmethod(lambda cls, *args: None))
+        slow = check_csv(Trickle(data, 1000), **options)  # type: ignore[arg-type]
+    return fast, slow
+
+
+CASES: dict[str, tuple[bytes, dict[str, object]]] = {
+    "regular": (_generated(1, 3000, oddities=False).encode(), {}),
+    "oddities": (_generated(2, 3000).encode(), {}),
+    "semicolons and apostrophes": (
+        _generated(3, 3000, delimiter=";", quote="'").encode(),
+        {"delimiter": ";", "quote": "'"},
+    ),
+    "a delimiter of two bytes": (_generated(4, 500, delimiter="§").encode(), {"delimiter": "§"}),
+    "a bad quote deep down": ((_generated(5, 3000, oddities=False) + '1,2,"a"b,c\n').encode(), {}),
+    "a quote never closed": ((_generated(6, 3000, oddities=False) + '1,2,"a\n3,4\n').encode(), {}),
+    "not UTF-8 deep down": (_generated(7, 3000).encode() + b"1,2,caf\xe9,x\n3,4,5,6\n", {}),
+    "a NUL deep down": (_generated(8, 3000).encode() + b"1,2,x\x00,y\n", {}),
+    "one column": ("v\n" + "".join(f"{i}\n" if i % 97 else "\n" for i in range(3000)), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("chunk", [97, 1 << 16])
+@pytest.mark.parametrize("infer_lines", [0, 7, 1000, 100_000])
+def test_the_regular_blocks_read_fast_give_the_same_result(
+    monkeypatch: pytest.MonkeyPatch, case: str, chunk: int, infer_lines: int
+) -> None:
+    data, options = CASES[case]
+    data = data if isinstance(data, bytes) else data.encode()
+    fast, slow = _both_ways(monkeypatch, data, chunk, infer_lines=infer_lines, **options)
+    assert fast == slow
+
+
+def test_values_longer_than_the_csv_module_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "a,b\n" + "1,x\n" * 500 + f"2,{'y' * 60}\n" + "3,z\n" * 500
+    limit = csv.field_size_limit(50)
+    try:
+        fast, slow = _both_ways(monkeypatch, text.encode(), 20, infer_lines=0)  # blocks under 50 bytes
+    finally:
+        csv.field_size_limit(limit)
+    assert fast == slow and [p.kind for p in fast.errors] == ["syntax"]
+    assert fast.errors[0].message.startswith(
+        "line 502: the CSV cannot be read (field larger than field limit"
+    )
+
+
+def test_problems_deep_in_a_large_file_name_their_lines() -> None:
+    rows = [f"{i},{i * 2}" for i in range(20_000)]  # row i is on line i + 2
+    rows[9_998] = '9998,"two\nlines"'  # lines 10000-10001: the rows after it are one line further
+    rows[14_000] = "14000"  # line 14003
+    data = ("a,b\n" + "\n".join(rows) + "\n").encode()
+    result = check_csv(io.BytesIO(data))
+    assert result.errors[0].message == "1 row does not have the header's 2 values: line 14003 has 1"
+    assert result.rows == 20_000 and result.types == ["integer", "text"]
+    cut = data.index(b"\n18000,") + 1
+    result = check_csv(io.BytesIO(data[:cut] + b"18000,caf\xe9\n" + data[cut:]))
+    assert [p.kind for p in result.errors] == ["encoding", "row_length"]
+    assert result.errors[0].message == (
+        "line 18003 is not UTF-8 (byte 0xe9 at byte 10 of the line): save the file as UTF-8"
+    )
+    assert result.rows == 18_000  # the rows before it
+    result = check_csv(io.BytesIO(data[:cut] + b'18000,"open\n' + data[cut:].replace(b'"', b"")))
+    assert result.errors[0].message == "line 18003: a quoted value starting on this line is never closed"
+    result = check_csv(io.BytesIO(data[:cut] + b"18000,\x00\n" + data[cut:]))
+    assert result.errors[0].message.startswith("line 18003 holds a NUL")
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n"])
+def test_types_from_rows_read_in_blocks(end: str) -> None:
+    rows = [f"{i},{i},{i % 2},9223372036854775807" for i in range(10_000)]
+    rows[6_000] = "6000,x,true,9223372036854775808"
+    text = "a,b,c,d" + end + end.join(rows) + end
+    assert check(text, infer_lines=6_000).types == ["integer", "integer", "integer", "integer"]
+    result = check(text, infer_lines=6_001)
+    assert result.types == ["integer", "text", "boolean", "numeric"] and result.inferred_rows == 6_001
+    assert check(text).types == ["integer", "text", "boolean", "numeric"]
+    # Only a value of the type's own spelling decides; a null token or a line break does not pass.
+    text = "a,b\n" + "NULL,1\n" * 5_000 + '"1\n2",3\n'
+    assert check(text).types == ["text", "integer"]
+
+
+def test_dates_and_timestamps_are_real_ones() -> None:
+    """Every spelling against Python's own calendar, one column per value in a single row."""
+    values = [f"{year:04}-02-29" for year in range(10_000)]
+    years = [*range(0, 9), *range(1896, 1905), *range(1996, 2005), *range(2096, 2105), *range(9995, 10_000)]
+    values += [f"{y:04}-{m:02}-{d:02}" for y in years for m in range(14) for d in range(33)]
+    times = ["00:00:00", "23:59:59", "24:00:00", "23:60:00", "23:59:60", "12:00:00.5Z", "12:00:00.1234567"]
+    values += [
+        f"{day}{sep}{time}"
+        for day in ("2000-02-29", "1900-02-29", "2021-04-31")
+        for sep in "T "
+        for time in times
+    ]
+
+    def expected(value: str) -> str:
+        try:
+            if len(value) == 10:
+                date.fromisoformat(value)
+                return "date"
+            day, time = value[:10], value[11:].removesuffix("Z")
+            date.fromisoformat(day)
+            hms, _, fraction = time.partition(".")
+            if len(fraction) > 6:
+                return "text"
+            datetime.strptime(f"{day} {hms}", "%Y-%m-%d %H:%M:%S")
+            return "timestamp"
+        except ValueError:
+            return "text"
+
+    header = ",".join(f"c{i}" for i in range(len(values)))
+    result = check(f"{header}\n{','.join(values)}\n")
+    assert result.types == [expected(value) for value in values]

@@ -39,7 +39,7 @@ privileges (``ALTER DEFAULT PRIVILEGES IN SCHEMA``) instead.
 What COPY reads: by default (``encoder="text"``) the file is parsed by the same ``csv`` reader
 and rules as the check (header as checked, columns without a name left out, null tokens as whole
 values) and sent in COPY's text format, built with C-level ``str.join`` per row and a few scans
-per 2,000-row chunk, in this thread, while another one sends (``copy_chunks``).
+per 2,000-row chunk, in this thread, while another one sends (``lib/copy.copy_chunks``).
 ``uploads.normalised_csv`` (``encoder="csv"``) gives the same rows, but quotes each value in
 Python: on 1,000,000 rows x 20 columns (280 MB) its load took 20.9 s, the text one 9.4 s, and
 Postgres alone 6.2 s to COPY the same rows from a file (``benchmarks/datastore_load.py``). It
@@ -48,16 +48,13 @@ the way: a file replaced under the same key since its check is refused (``rechec
 checks it again).
 """
 
-import contextlib
 import csv
 import functools
 import hashlib
 import io
 import json
 import logging
-import queue
 import re
-import threading
 import time
 import traceback
 import uuid
@@ -75,9 +72,11 @@ from ecr_pipelines.datastore.uploads import (
     NAME_PATTERN,
     NULL_TOKENS,
     Problem,
+    Records,
     UploadCheck,
     UploadError,
     check_csv,
+    csv_reader,
     infer_lines_setting,
     normalised_csv,
 )
@@ -92,6 +91,7 @@ from ecr_pipelines.lib.batch import (
     run_stage,
 )
 from ecr_pipelines.lib.blobstore import BlobNotFound, BlobStore
+from ecr_pipelines.lib.copy import copy_chunks
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,6 @@ Dataflow = Callable[[str, str], None]
 # pg_advisory_xact_lock(key1, key2): key1 says "an upload load", key2 is the pipeline id. Loads of
 # one dataset take turns, so the last verified file is the one left in L0.
 _LOCK_CLASS = 0x44535550
-_CHUNK = 1 << 16
-# What copy_expert reads at a time, and the chunks (about 0.5 MB each) queued ahead of the sender.
-_SEND_SIZE = 1 << 20
-_QUEUE_CHUNKS = 8
 _CHUNK_ROWS = 2000
 _COPY_CONTEXT = re.compile(r"COPY [^,]+, line (\d+)(?:, column ([a-z][a-z0-9_]*))?")
 _CONNECTION_LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -371,90 +367,11 @@ class _Digest(io.RawIOBase):
         return self._hash.hexdigest()
 
 
-class _Aborted(Exception):
-    """The encoding side stopped: the COPY is ended with an error, so it writes nothing."""
-
-
-_END = object()
-
-
-class _QueuedChunks(io.RawIOBase):
-    """What ``copy_expert`` reads, in the sending thread: the chunks the encoding thread queues."""
-
-    def __init__(self, chunks: "queue.Queue[Any]") -> None:
-        self._chunks = chunks
-        self._buffer = b""
-        self._at = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        while self._at >= len(self._buffer):
-            chunk = self._chunks.get()
-            if chunk is _END:
-                return 0
-            if isinstance(chunk, BaseException):
-                raise chunk
-            self._buffer, self._at = chunk, 0
-        size = min(len(target), len(self._buffer) - self._at)
-        target[:size] = self._buffer[self._at : self._at + size]
-        self._at += size
-        return size
-
-
-def copy_chunks(cursor: Any, sql: str, chunks: Iterable[bytes]) -> int:
-    """``COPY .. FROM STDIN`` of ``chunks`` on ``cursor`` (psycopg2); returns the rows copied.
-
-    libpq sends synchronously: with ``copy_expert`` reading the chunks as they are made, the
-    encoding waits whenever the server reads, and the server whenever the encoding works (a 280 MB
-    file took 10.5 s where the two sides alone take 5.5 and 6 s). So the chunks are made in the
-    calling thread and sent by another one, through a queue of a few MB (psycopg2 lets go of the
-    GIL while it sends): 5.7 s. An error of the chunks ends the COPY (nothing is written) and is
-    raised as it is; the database's error (a value its type refuses) is raised as psycopg2's."""
-    pending: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_CHUNKS)
-    failure: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            cursor.copy_expert(sql, _QueuedChunks(pending), _SEND_SIZE)
-        except BaseException as exc:
-            failure.append(exc)
-
-    sender = threading.Thread(target=send, name="copy-sender", daemon=True)
-
-    def put(item: Any) -> None:
-        while sender.is_alive():
-            try:
-                pending.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _Aborted
-
-    sender.start()
-    try:
-        for chunk in chunks:
-            put(chunk)
-        put(_END)
-    except _Aborted:
-        pass  # the database stopped the COPY: its error is raised below
-    except BaseException as exc:
-        with contextlib.suppress(_Aborted):  # the sender stopped already
-            put(_Aborted(f"the rows could not be made: {exc}"))
-        sender.join()
-        raise
-    sender.join()
-    if failure:
-        raise failure[0]
-    return int(cursor.rowcount)
-
-
-def _csv_rows(stream: io.RawIOBase, delimiter: str, quote: str) -> Any:
-    """The file's records as ``check_csv`` reads them: UTF-8 (a BOM dropped), lines ending in
-    ``\\n``, ``\\r\\n`` or ``\\r``, the csv module's strict reader."""
-    text = io.TextIOWrapper(io.BufferedReader(stream, _CHUNK), encoding="utf-8-sig", newline="")
-    return csv.reader(text, delimiter=delimiter, quotechar=quote, strict=True)
+def _csv_rows(stream: io.RawIOBase, delimiter: str, quote: str) -> Records:
+    """The file's records read by the same code as ``check_csv``'s (``uploads.csv_reader``: UTF-8,
+    a BOM dropped, no NUL, lines ending in ``\\n``, ``\\r\\n`` or ``\\r``, the csv module's strict
+    reader), so the load takes the rows, and counts the lines, as the check did."""
+    return csv_reader(stream, delimiter, quote)
 
 
 # --- the check stage ------------------------------------------------------------------------------
