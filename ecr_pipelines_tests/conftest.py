@@ -16,6 +16,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -135,19 +136,40 @@ def database_url(pg_server_url: str) -> str:
     return url
 
 
+@contextmanager
+def own_database(pg_server_url: str, prefix: str = "t") -> Iterator[str]:
+    """An empty database of its own (for tests that create and drop schemas), dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    url = ensure_database(pg_server_url, name)
+    try:
+        yield url
+    finally:
+        from ecr_pipelines.lib.database import _engine_for
+
+        _engine_for.cache_clear()  # pooled connections would block DROP DATABASE
+        admin = sa.create_engine(with_database(pg_server_url, "postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def own_migrated_engine(pg_server_url: str, prefix: str) -> Iterator[sa.Engine]:
+    """``own_database``, migrated, as an engine of its own."""
+    with own_database(pg_server_url, prefix) as url:
+        engine = sa.create_engine(url)
+        upgrade(engine)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
 @pytest.fixture
 def fresh_database(pg_server_url: str) -> Iterator[str]:
     """An empty database of its own, dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    url = ensure_database(pg_server_url, name)
-    yield url
-    from ecr_pipelines.lib.database import _engine_for
-
-    _engine_for.cache_clear()  # pooled connections would block DROP DATABASE
-    admin = sa.create_engine(with_database(pg_server_url, "postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with own_database(pg_server_url) as url:
+        yield url
 
 
 @pytest.fixture

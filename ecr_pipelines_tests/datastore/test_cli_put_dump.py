@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ecr_pipelines.__main__ import main
-from ecr_pipelines.lib.database import engine_for, ensure_database, with_database
+from ecr_pipelines_tests.conftest import own_database
 
 BACI_PREFIX = "datastore/datasets/dit/baci/"
 
@@ -141,14 +141,8 @@ def test_put_into_s3(
 @pytest.fixture(scope="module")
 def database(pg_server_url: str) -> Iterator[str]:
     """A database for this module only (the tests create and drop schemas)."""
-    name = f"t_dump_{uuid.uuid4().hex[:10]}"
-    url = ensure_database(pg_server_url, name)
-    yield url
-    engine_for(url).dispose()
-    admin = sa.create_engine(with_database(pg_server_url, "postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with own_database(pg_server_url, "t_dump") as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ ignored, dates as text, decimals as floats) where it had them; the rest follow f
 
 import csv
 import io
-import uuid
 import zipfile
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -22,8 +21,7 @@ from ecr_pipelines.datastore import load, registry
 from ecr_pipelines.datastore.registry import State
 from ecr_pipelines.datastore.sources import SOURCES, SourceSpec
 from ecr_pipelines.lib.blobstore import LocalBlobStore
-from ecr_pipelines.lib.database import ensure_database, with_database
-from ecr_pipelines.lib.migrations import upgrade
+from ecr_pipelines_tests.conftest import own_migrated_engine
 from ecr_pipelines_tests.datastore.expected import REFERENCE_ROWS
 
 DATA = Path(__file__).parent / "data" / "sources"
@@ -36,17 +34,9 @@ BACI_ROWS = [(1995, 10519, 4, 251, 1.548, 0.051), (1995, 30110, 4, 381, 1.249, 0
 
 @pytest.fixture(scope="module")
 def engine(pg_server_url: str) -> Iterator[Engine]:
-    """A migrated database for this module only (the tests create and drop source schemas)."""
-    name = f"t_load_{uuid.uuid4().hex[:10]}"
-    url = ensure_database(pg_server_url, name)
-    engine = sa.create_engine(url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-    admin = sa.create_engine(with_database(pg_server_url, "postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    """A migrated database for this module only (the tests create and drop schemas)."""
+    with own_migrated_engine(pg_server_url, "t_load") as engine:
+        yield engine
 
 
 @pytest.fixture(autouse=True)

@@ -30,8 +30,7 @@ from ecr_pipelines.datastore.stages.uploads import (
     verify_upload,
 )
 from ecr_pipelines.lib.blobstore import BlobStore, LocalBlobStore
-from ecr_pipelines.lib.database import ensure_database, with_database
-from ecr_pipelines.lib.migrations import upgrade
+from ecr_pipelines_tests.conftest import own_migrated_engine
 
 TYPED = (
     "name,amount,price,day,at,flag,note,other,\n"
@@ -69,17 +68,9 @@ TYPED_COLUMNS = {
 
 @pytest.fixture(scope="module")
 def engine(pg_server_url: str) -> Iterator[Engine]:
-    """A migrated database for this module only (the tests create and drop upload schemas)."""
-    name = f"t_uploads_{uuid.uuid4().hex[:10]}"
-    url = ensure_database(pg_server_url, name)
-    engine = sa.create_engine(url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-    admin = sa.create_engine(with_database(pg_server_url, "postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    """A migrated database for this module only (the tests create and drop schemas)."""
+    with own_migrated_engine(pg_server_url, "t_uploads") as engine:
+        yield engine
 
 
 @pytest.fixture(autouse=True)
