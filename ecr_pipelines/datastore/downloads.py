@@ -35,7 +35,7 @@ import requests
 from ecr_pipelines.datastore.load import stored_files
 from ecr_pipelines.datastore.sources import SOURCES, SourceSpec, listing
 from ecr_pipelines.lib.blobstore import BlobStore
-from ecr_pipelines.lib.http import CHUNK, ErrorKind, FetchError, classify, download_to_blob, request
+from ecr_pipelines.lib.http import FetchError, download_to_blob, get_bytes
 from ecr_pipelines.lib.settings import env_str
 
 log = logging.getLogger(__name__)
@@ -167,26 +167,6 @@ def _source(source_id: str) -> tuple[SourceSpec, listing.ListingSettings]:
     return spec, listing.LISTINGS[source_id]
 
 
-def fetch_listing(session: requests.Session, url: str, max_bytes: int = MAX_LISTING_BYTES) -> bytes:
-    """The listing's body; ``FetchError`` for a failed call or a body over ``max_bytes``."""
-    response = request(session, "GET", url, stream=True)
-    with response:
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > max_bytes:
-            raise FetchError(ErrorKind.TOO_LARGE, f"listing of {declared} bytes > {max_bytes}", url)
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            for chunk in response.iter_content(CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise FetchError(ErrorKind.TOO_LARGE, f"listing larger than {max_bytes} bytes", url)
-                chunks.append(chunk)
-        except requests.exceptions.RequestException as error:
-            raise classify(error, url) from error
-    return b"".join(chunks)
-
-
 def describe_error(error: BaseException) -> tuple[str, str]:
     """(kind, message) for the report."""
     if isinstance(error, FetchError):
@@ -210,7 +190,7 @@ def download_source(
     started = time.monotonic()
     step = "listing"
     try:
-        body = fetch_listing(session, listing_url)
+        body = get_bytes(session, listing_url, max_bytes=MAX_LISTING_BYTES)
         step = "stored files"
         names = stored_files(store, spec)
         step = "listing"

@@ -207,6 +207,24 @@ class _CappedStream:
         return data
 
 
+def _capped(response: requests.Response, max_bytes: int, url: str) -> _CappedStream:
+    """The body as a capped stream; refused at once when its Content-Length is over the cap."""
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise FetchError(ErrorKind.TOO_LARGE, f"Content-Length {declared} > {max_bytes} bytes", url)
+    return _CappedStream(response, max_bytes, url)
+
+
+def get_bytes(
+    session: requests.Session, url: str, *, max_bytes: int, headers: dict[str, str] | None = None
+) -> bytes:
+    """A small body (a listing page) read whole, streamed so that a body over ``max_bytes`` is
+    refused (``FetchError`` TOO_LARGE) before more of it is read."""
+    response = request(session, "GET", url, headers=headers, stream=True)
+    with response:
+        return _capped(response, max_bytes, url).read()
+
+
 def download_to_blob(
     session: requests.Session,
     url: str,
@@ -223,10 +241,7 @@ def download_to_blob(
     """
     response = request(session, "GET", url, headers=headers, stream=True)
     with response:
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > max_bytes:
-            raise FetchError(ErrorKind.TOO_LARGE, f"Content-Length {declared} > {max_bytes} bytes", url)
-        stream = _CappedStream(response, max_bytes, url)
+        stream = _capped(response, max_bytes, url)
         kind = content_type or response.headers.get("Content-Type")
         store.put_stream(key, stream, kind)  # type: ignore[arg-type]
         return DownloadResult(

@@ -56,10 +56,6 @@ def files_key(source_id: str) -> dg.AssetKey:
     return dg.AssetKey([KEY_PREFIX, *source_id.split("."), "files"])
 
 
-def op_name(key: dg.AssetKey) -> str:
-    return "__".join(key.path)
-
-
 def _file_line(report: FileReport) -> str:
     if report.status == "failed":
         return f"{report.source}: {report.file_name} failed ({report.error_kind}): {report.error}"

@@ -44,19 +44,15 @@ def _newest_table(summary: dict[str, Any]) -> dg.MetadataValue:
 
 
 def _file_metadata(details: dict[str, Any]) -> dg.MetadataValue:
-    """A new file as its verifier needs it: each column's inferred type and first values."""
-    sample = details.get("sample") or []
-    rows = []
-    for index, (name, kind) in enumerate(details["inferred_types"]):
-        values = []
-        for entry in sample:
-            if isinstance(entry, dict):  # describe() shape: one entry per column
-                if entry.get("name") == name:
-                    values = [str(v) for v in entry.get("sample", [])]
-            elif isinstance(entry, list) and index < len(entry):
-                values.append(str(entry[index]))
-        rows.append((name, kind, " | ".join(values)))
-    return md_table(["column", "inferred type", "first values"], rows)
+    """A new file as its verifier needs it: each column's inferred type and first values (the
+    check stores ``UploadCheck.describe()``: one entry per column)."""
+    return md_table(
+        ["column", "inferred type", "first values"],
+        [
+            (column["name"], column["type"], " | ".join(str(value) for value in column["sample"]))
+            for column in details.get("sample") or []
+        ],
+    )
 
 
 @dg.asset(

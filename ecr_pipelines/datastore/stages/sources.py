@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ecr_pipelines.datastore import load, registry
-from ecr_pipelines.datastore.sources import SOURCES, SourceSpec
+from ecr_pipelines.datastore.sources import SOURCES
 from ecr_pipelines.datastore.sources.spec import blob_prefix
 from ecr_pipelines.datastore.transform import SOURCE_ID as TRANSFORM
 from ecr_pipelines.lib.blobstore import BlobStore
@@ -166,7 +166,3 @@ def registry_preview(conn: Connection, members: Sequence[str], limit: int = 10) 
             {"members": list(members), "limit": limit},
         )
     ]
-
-
-def spec_of(source_id: str) -> SourceSpec | None:
-    return SOURCES.get(source_id)
