@@ -24,6 +24,7 @@ setup(
             "**/*.tsv",
             "**/*.md",
             "**/*.pdf",
+            "**/*.csv",
         ]
     },
     install_requires=[
@@ -55,6 +56,8 @@ setup(
         "bcrypt>=4.1",
         # Data store: HAWK signatures of the data-flow calls (the library the legacy used).
         "mohawk>=1.1",
+        # Energy hub: ledger addresses of a metering point's measurements (BIP32 child public keys).
+        "bip32>=4.0",
     ],
     extras_require={
         "dev": [

@@ -18,6 +18,8 @@ registry import-legacy LEGACY_URL [--schema S] [--check]
 iati import-refresher LEGACY_URL [--blobs URL] [--schema S] [--check]
                          copy the IATI refresher's rows (and, with --blobs, its source, clean and
                          lake files) so that nothing already done is done again (re-runnable)
+energy import-legacy LEGACY_URL [--schema S] [--check]
+                         copy a legacy datahub-service database into the energy schema (re-runnable)
 
 ckan package --api-url URL --resource-id ID [--format csv|tsv|xlsx] [--limit N] [--offset N]
              [--q Q] [--filters JSON] [--fields F] [--sort S] --out FILE.zip
@@ -216,6 +218,26 @@ def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _energy(args: argparse.Namespace) -> int:
+    from ecr_pipelines.energy.legacy_import import import_legacy_energy
+    from ecr_pipelines.lib.legacy_copy import LegacyImportRefused
+    from ecr_pipelines.lib.migrations import SchemaVersionError
+
+    try:
+        report = import_legacy_energy(
+            args.legacy_url,
+            engine_for(env_str("DATABASE_URL")),
+            schema=args.schema,
+            check_only=args.check,
+            progress=_err,
+        )
+    except (LegacyImportRefused, SchemaVersionError) as exc:
+        _err(f"error: {exc}")
+        return 2
+    _print_import(report.lines())
+    return 0
+
+
 def _iati(args: argparse.Namespace) -> int:
     from ecr_pipelines.iati.refresher_import import Containers, import_refresher, open_refresher_blobs
     from ecr_pipelines.lib.blobstore import open_blob_store
@@ -320,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     refresher.add_argument("--lake-container", default="activity-lake", help="folder of the activity lake")
     refresher.add_argument("--workers", type=int, default=8, help="concurrent blob copies (default 8)")
     _add_import_options(refresher)
+    energy = sub.add_parser("energy", help="energy data hub: migration from the legacy service")
+    energy_legacy = energy.add_subparsers(dest="energy_command", required=True).add_parser(
+        "import-legacy",
+        help="copy a legacy datahub-service database into ours (DATABASE_URL); re-running changes nothing",
+    )
+    energy_legacy.add_argument(
+        "legacy_url", metavar="LEGACY_URL", help="the legacy datahub-service's database (only read)"
+    )
+    _add_import_options(energy_legacy)
     from ecr_pipelines.ckan.cli import add_subcommands
 
     add_subcommands(sub)
@@ -347,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "standin": _standin,
         "registry": _registry,
         "iati": _iati,
+        "energy": _energy,
         "ckan": _ckan,
         "datastore": _datastore,
     }

@@ -11,13 +11,14 @@ from ecr_pipelines import platform
 from ecr_pipelines.automation import bootstrap_sensor, housekeeping_sensor, in_process_executor
 from ecr_pipelines.ckan import defs as ckan
 from ecr_pipelines.datastore import defs as datastore
+from ecr_pipelines.energy import defs as energy
 from ecr_pipelines.iati import defs as iati
 from ecr_pipelines.registry import defs as registry
 from ecr_pipelines.resources import build_resources
 
 # One entry per service package; each builds its definitions (and its own resources) from the
 # environment when called, so the demo can build them after pointing the clients at stand-ins.
-SERVICES = [platform, registry, iati, ckan, datastore]
+SERVICES = [platform, registry, iati, ckan, datastore, energy]
 
 all_assets_job = dg.define_asset_job(
     "all_assets_job",

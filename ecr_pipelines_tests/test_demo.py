@@ -68,6 +68,20 @@ def test_demo_runs_every_asset_and_is_idempotent(
             )
             == 0
         )
+        # Energy: the customer's two points, their hours once (the second run adds none), the
+        # turbine's GGOs, every webhook sent, and one compiled disclosure per run with the two
+        # GGOs the ledger stand-in retired to the household.
+        assert conn.scalar(sa.text("SELECT count(*) FROM energy.meteringpoint")) == 2
+        hours = conn.scalar(sa.text("SELECT count(*) FROM energy.measurement"))
+        assert hours > 0 and hours == conn.scalar(
+            sa.text("SELECT count(DISTINCT (gsrn, begin)) FROM energy.measurement")
+        )
+        assert 0 < conn.scalar(sa.text("SELECT count(*) FROM energy.ggo")) < hours / 2
+        assert (
+            conn.scalar(sa.text("SELECT count(*) FROM energy.webhook_delivery WHERE status <> 'sent'")) == 0
+        )
+        assert conn.scalar(sa.text("SELECT count(*) FROM energy.disclosure WHERE state = 'AVAILABLE'")) == 2
+        assert conn.scalar(sa.text("SELECT count(*) FROM energy.disclosure_ggo")) == 4
     app.dispose()
     engine = sa.create_engine(expected["DAGSTER_PG_URL"])
     with engine.connect() as conn:

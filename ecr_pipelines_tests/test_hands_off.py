@@ -1,9 +1,11 @@
 """A deployment runs by itself: a real ``dagster-daemon`` on a fresh instance, nothing launched
-by hand. The fresh deployment fills itself; then a dataset added to the Bulk Data Service index
+by hand. The fresh deployment fills itself (the energy hub's customer, carried over from the
+legacy, gets its points, hours and GGOs, and its subscriber its webhooks, one retried); then a dataset added to the Bulk Data Service index
 reaches Solr, an undertaking added to the F-gas registry is synced and linked to its old
 company, and two CKAN download requests a portal queues (a small one and a whole table) are
 packaged on their two queues and mailed, and a file an operator puts under a data-store source
-and a CSV upload are loaded, each within five minutes of the addition."""
+and a CSV upload are loaded, and a new disclosure is compiled, each within five minutes of the
+addition."""
 
 import contextlib
 import hashlib
@@ -28,6 +30,8 @@ from ecr_pipelines.dev.ckan_demo import ROWS_RESOURCE
 from ecr_pipelines.dev.datastore_demo import FILES as DATASTORE_FILES
 from ecr_pipelines.dev.datastore_demo import PLACED, UPLOAD_KEY
 from ecr_pipelines.dev.demo import standins
+from ecr_pipelines.dev.energy_demo import CUSTOMER as ENERGY_CUSTOMER
+from ecr_pipelines.dev.energy_demo import HOOK, HOOK_SECRET, demo_standins
 from ecr_pipelines.dev.iati_demo import RECORDINGS as IATI_RECORDINGS
 from ecr_pipelines.dev.registry_demo import RECORDINGS as REGISTRY_RECORDINGS
 from ecr_pipelines.dev.standins import RecordedRequest, Reply, StandInServer
@@ -150,6 +154,47 @@ def put_datastore_files(blobs: Path) -> None:
     store.put_file(UPLOAD_KEY, DATASTORE_FILES / "upload" / "ons_postcodes.csv")
 
 
+def carry_over_energy_customer(engine: sa.Engine) -> None:
+    """A legacy deployment's customer and webhook subscription, as its rows were imported."""
+    from ecr_pipelines.energy import webhooks
+
+    receiver = demo_standins()[3]
+    receiver.fail(HOOK, 500, times=1)  # the subscriber's first answer is an error: retried in 60 s
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO energy.customer (sub) VALUES (:s)"), {"s": ENERGY_CUSTOMER})
+        webhooks.subscribe(
+            conn, "ON_METERINGPOINT_AVAILABLE", ENERGY_CUSTOMER, receiver.url(HOOK), HOOK_SECRET
+        )
+        webhooks.subscribe(conn, "ON_GGOS_ISSUED", ENERGY_CUSTOMER, receiver.url(HOOK), HOOK_SECRET)
+
+
+def create_energy_disclosure(engine: sa.Engine) -> str:
+    """What a customer does: a disclosure of its consumption point's first day."""
+    from ecr_pipelines.energy.stages.disclosures import create_disclosure
+
+    with engine.begin() as conn:
+        gsrn, first = conn.execute(
+            sa.text(
+                "SELECT p.gsrn, min(m.begin)::date FROM energy.meteringpoint p JOIN energy.measurement m "
+                "ON m.gsrn = p.gsrn WHERE p.type = 'CONSUMPTION' GROUP BY p.gsrn"
+            )
+        ).one()
+        return create_disclosure(
+            conn,
+            ENERGY_CUSTOMER,
+            {
+                "name": "first day",
+                "begin": str(first),
+                "end": str(first),
+                "maxResolution": "hour",
+                "publicizeMeteringpoints": False,
+                "publicizeGsrn": False,
+                "publicizePhysicalAddress": False,
+                "gsrn": [gsrn],
+            },
+        )
+
+
 def wait_for(
     what: str, condition: Callable[[], bool], timeout: float, daemon: subprocess.Popen[bytes], log: Path
 ) -> float:
@@ -193,6 +238,7 @@ def deployment(pg_server_url: str) -> Iterator[tuple[dict[str, str], Path]]:
         REGISTRY_POLL_SECONDS="45",
         CKAN_POLL_SECONDS="5",
         DATASTORE_POLL_SECONDS="5",
+        ENERGY_POLL_SECONDS="5",
     )
     yield env, folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -211,6 +257,7 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
     with standins() as (server, standin_env):
         upstreams = Upstreams(server)
         env.update(standin_env)
+        carry_over_energy_customer(engine)
         log = (folder / "daemon.log").open("wb")
         daemon = subprocess.Popen(
             [
@@ -243,6 +290,8 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
                         "ckan_statistics",
                         "datastore/hmrc/exporters",
                         "datastore/upload_tables",
+                        "energy/ggos",
+                        "energy/disclosures",
                     }
                     return wanted <= materialized
 
@@ -251,6 +300,10 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
                 )
                 assert scalar("SELECT count(*) FROM registry.old_company") > 0
                 assert scalar("SELECT count(*) FROM iati.document WHERE solrize_end IS NOT NULL") > 0
+                # The carried-over customer's two points, their hours and the turbine's GGOs.
+                assert scalar("SELECT count(*) FROM energy.meteringpoint") == 2
+                assert scalar("SELECT count(*) FROM energy.ggo") > 0
+                assert scalar("SELECT count(*) FROM energy.measurement WHERE NOT published") == 0
 
                 upstreams.add_dataset()
                 upstreams.add_undertaking()
@@ -307,6 +360,40 @@ def test_a_fresh_deployment_fills_itself_and_follows_its_upstreams(
                 )
                 assert scalar('SELECT count(*) FROM "dit.baci"."L0"') == 2
                 assert scalar('SELECT count(*) FROM "demo.ons_postcodes"."L0"') > 0
+
+                def webhooks_delivered() -> bool:
+                    return (
+                        scalar(
+                            "SELECT count(*) FILTER (WHERE status = 'sent') - count(*) FROM energy.webhook_delivery"
+                        )
+                        == 0
+                        and scalar("SELECT count(*) FROM energy.webhook_delivery") > 0
+                    )
+
+                wait_for(
+                    "every webhook delivered, the refused one retried",
+                    webhooks_delivered,
+                    WITHIN,
+                    daemon,
+                    folder / "daemon.log",
+                )
+                receiver = demo_standins()[3]
+                assert receiver.all_signed()
+                assert [r.status for r in receiver.received(HOOK)].count(500) == 1
+                assert len([r for r in receiver.received(HOOK) if r.status == 200]) == scalar(
+                    "SELECT count(*) FROM energy.webhook_delivery"
+                )
+                public_id = create_energy_disclosure(engine)
+
+                def disclosed() -> bool:
+                    return bool(
+                        scalar(
+                            "SELECT count(*) FROM energy.disclosure WHERE state = 'AVAILABLE' "
+                            f"AND public_id = '{public_id}' AND blob_key IS NOT NULL"
+                        )
+                    )
+
+                wait_for("the new disclosure compiled", disclosed, WITHIN, daemon, folder / "daemon.log")
                 runs = instance.get_runs()
                 assert runs, "the daemon launched runs"
                 # Every run the daemon launched carries its service's tag (the concurrency limits key on it).

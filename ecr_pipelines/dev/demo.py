@@ -30,10 +30,11 @@ def demo_services() -> list[DemoService]:
     """The services that take part in the demo, in pipeline order."""
     from ecr_pipelines.dev.ckan_demo import DEMO_SERVICE as ckan
     from ecr_pipelines.dev.datastore_demo import DEMO_SERVICE as datastore
+    from ecr_pipelines.dev.energy_demo import DEMO_SERVICE as energy
     from ecr_pipelines.dev.iati_demo import DEMO_SERVICE as iati
     from ecr_pipelines.dev.registry_demo import DEMO_SERVICE as registry
 
-    return [registry, iati, ckan, datastore]
+    return [registry, iati, ckan, datastore, energy]
 
 
 @contextmanager

@@ -24,6 +24,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -357,6 +358,7 @@ def run_stage(
     report: StageReport | None = None,
     refused: Callable[[Outcome, BaseException], Outcome] | None = None,
     committed: Callable[[list[Outcome]], None] | None = None,
+    prefetch: bool = False,
 ) -> StageReport:
     """Run ``stage`` over every due item: recover, select, chunk, claim, process, record, report.
 
@@ -366,6 +368,12 @@ def run_stage(
     leaves the row as it was), so one item never sinks its batch. ``committed`` is called with a
     batch's outcomes once they are committed: the place for side effects (mails queued by
     ``record`` are sent there, so a requester hears about the package before the next one is built).
+
+    ``prefetch``: the next batch is claimed and processed in a second thread while this one is
+    recorded, so a stage whose ``process`` waits on an upstream and whose ``record`` waits on the
+    database keeps both busy (on two cores, the sum of the two becomes nearly the larger). When a
+    batch stops the stage, the batch worked on ahead is dropped unrecorded: ``process`` has no side
+    effects, and its claims die with this run's owner, so its items are due again next run.
     """
     params = {**stage.params, **(params or {})}
     report = report or StageReport(stage.name)
@@ -382,11 +390,16 @@ def run_stage(
             f"{stage.name}: {len(due)} items due in {len(batches)} batches"
             + (f" ({report.recovered} taken back from dead runs)" if report.recovered else "")
         )
-        for number, keys in enumerate(batches, start=1):
-            rows = with_retry(engine, lambda conn, keys=keys: claim(conn, stage, keys, owner, run_id, params))
+
+        def claim_and_process(keys: Sequence[Any]) -> tuple[list[sa.Row], list[Outcome]]:
+            rows = with_retry(engine, lambda conn: claim(conn, stage, keys, owner, run_id, params))
+            return rows, (process(rows) if rows else [])
+
+        for number, (keys, rows, outcomes) in enumerate(
+            _processed(batches, claim_and_process, prefetch), start=1
+        ):
             report.claimed += len(rows)
             report.skipped += len(keys) - len(rows)
-            outcomes = process(rows) if rows else []
             outcomes = _record(engine, stage, record, outcomes, rows, owner, refused)
             for outcome in outcomes:
                 report.add(outcome)
@@ -408,6 +421,26 @@ def run_stage(
         owner.close()
         report.seconds = time.perf_counter() - started
     return report
+
+
+def _processed(
+    batches: Sequence[Sequence[Any]],
+    claim_and_process: Callable[[Sequence[Any]], tuple[list[sa.Row], list[Outcome]]],
+    prefetch: bool,
+) -> Iterator[tuple[Sequence[Any], list[sa.Row], list[Outcome]]]:
+    """Each batch claimed and processed, in order; with ``prefetch`` the next one is worked on in a
+    second thread while the caller records the one it was given (closing the generator waits for
+    that one and drops it)."""
+    if not prefetch:
+        for keys in batches:
+            yield (keys, *claim_and_process(keys))
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-ahead") as ahead:
+        future: Future[tuple[list[sa.Row], list[Outcome]]] | None = None
+        for index, keys in enumerate(batches):
+            current = future.result() if future is not None else claim_and_process(keys)
+            future = ahead.submit(claim_and_process, batches[index + 1]) if index + 1 < len(batches) else None
+            yield (keys, *current)
 
 
 def _record(

@@ -225,6 +225,44 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
         "1800",
         "How long an upload waits for its DAG run to succeed before it is `failed` (the legacy: 360 polls of 5 s).",
     ),
+    # Energy data hub: the legacy datahub-service's names.
+    EnvVarDoc(
+        "ELOVERBLIK_SERVICE_URL",
+        "(none: imports skipped)",
+        "ElOverblik third-party API root (e.g. `https://api.eloverblik.dk/ThirdPartyApi`).",
+    ),
+    EnvVarDoc(
+        "ELOVERBLIK_TOKEN",
+        "(none)",
+        "ElOverblik refresh token; the access token fetched with it is reused for an hour.",
+        secret=True,
+    ),
+    EnvVarDoc(
+        "ENERGY_TYPE_SERVICE_URL",
+        "(none: production points stay without codes)",
+        "EnergyTypeService root (`/get-energy-type`, `/get-emissions`).",
+    ),
+    EnvVarDoc(
+        "LEDGER_URL",
+        "(none: nothing retired)",
+        "Ledger REST root (`/state/<address>`), read when disclosures compile.",
+    ),
+    EnvVarDoc(
+        "FIRST_MEASUREMENT_TIME",
+        "(none: first of the previous month)",
+        "Where a metering point without measurements starts (ISO 8601, UTC when no offset).",
+    ),
+    EnvVarDoc(
+        "LAST_MEASUREMENT_TIME",
+        "(none: today 00:00)",
+        "No measurement at or after this time is imported (ISO 8601).",
+    ),
+    EnvVarDoc("GGO_EXPIRE_TIME", "90", "Days from a GGO's issue to its expiry."),
+    EnvVarDoc(
+        "ENERGY_POLL_SECONDS",
+        "60",
+        "Seconds between looks for due metering-point imports, pending disclosures and webhooks to send.",
+    ),
     # IATI refresher.
     EnvVarDoc(
         "IATI_SOURCE", "bds", "Index source: `bds` (Bulk Data Service) or `registry` (legacy CKAN registry)."
