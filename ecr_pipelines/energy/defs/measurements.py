@@ -84,6 +84,12 @@ def energy_measurements(
             committed=lambda _outcomes: send_webhooks(context.log, db, hooks),
         )
         log_stage(context.log, report)
+        new = report.counts.get("measurements", 0)
+        rate = new / report.seconds if report.seconds else 0.0
+        context.log.info(
+            f"{new:,} new measurements and {report.counts.get('ggos', 0):,} GGOs in {report.seconds:.1f} s "
+            f"({rate:,.0f} measurements/s)"
+        )
     # Anything queued earlier and still due (queued outside a run, or left by a run that died).
     send_webhooks(context.log, db, hooks)
     with db.connect() as conn:
@@ -101,6 +107,9 @@ def energy_measurements(
     new_ggos = report.counts.get("ggos", 0) if report else 0
     measurement_metadata = {
         "new_measurements": new_measurements,
+        "measurements_per_second": round(new_measurements / report.seconds, 1)
+        if report and report.seconds
+        else 0.0,
         "measurements": measurements,
         "first_hour": str(first) if first else "",
         "last_hour": str(last) if last else "",
