@@ -2,6 +2,8 @@
 #   docker build -t ecr-pipelines .
 #   docker run -p 3000:3000 -e DATABASE_URL=... -e DAGSTER_PG_URL=... ecr-pipelines            # webserver
 #   docker run -e DATABASE_URL=... -e DAGSTER_PG_URL=... ecr-pipelines dagster-daemon run       # daemon
+#   docker run -p 8000:8000 -e API_HOST=0.0.0.0 -e DATABASE_URL=... -e API_TOKEN=... ecr-pipelines \
+#       python -m ecr_pipelines api                 # the HTTP contracts (BDR, data-flow, CKAN)
 #   docker run -e DATABASE_URL=... -e DAGSTER_PG_URL=... ecr-pipelines \
 #       python -m ecr_pipelines db upgrade          # migrations, then the Dagster pool limits
 # The image holds production code only: no tests and no ecr_pipelines/dev (stand-ins, recordings,
@@ -43,5 +45,5 @@ COPY workspace.yaml ./
 COPY dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 USER dagster
-EXPOSE 3000
+EXPOSE 3000 8000
 CMD ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "workspace.yaml"]

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The embedded Postgres, blobs, outbox and Dagster home live here unless ECR_HOME says otherwise.
 export ECR_HOME ?= $(CURDIR)/.ecr
 
-.PHONY: install demo dev env instance test lint format migrate status stop clean benchmarks
+.PHONY: install demo dev env instance api test lint format migrate status stop clean benchmarks
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -28,6 +28,10 @@ demo: install
 ## make dev: the Dagster UI (webserver + daemon) on the demo instance.
 dev: install
 	$(BIN)/python -m ecr_pipelines dev
+
+## make api: the HTTP contracts (registry API, data-store HAWK API, CKAN intake) on API_PORT (8000).
+api: install
+	$(BIN)/python -m ecr_pipelines api
 
 ## make env: start the embedded Postgres, write .env, set up the instance; prints shell exports.
 env: install

@@ -20,6 +20,10 @@ iati import-refresher LEGACY_URL [--blobs URL] [--schema S] [--check]
                          lake files) so that nothing already done is done again (re-runnable)
 energy import-legacy LEGACY_URL [--schema S] [--check]
                          copy a legacy datahub-service database into the energy schema (re-runnable)
+api                      serve the HTTP contracts other systems call (uvicorn; API_HOST, API_PORT,
+                         API_WORKERS): registry API for BDR, data-store HAWK API, CKAN intake
+api add-hawk-user --client-id ID --client-key KEY [--scope a,b|*] [--description D]
+                         store (or replace) a data-store API client
 
 ckan package --api-url URL --resource-id ID [--format csv|tsv|xlsx] [--limit N] [--offset N]
              [--q Q] [--filters JSON] [--fields F] [--sort S] --out FILE.zip
@@ -273,6 +277,23 @@ def _add_dotenv_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-dotenv", action="store_true", help="do not write a .env file")
 
 
+def _api(args: argparse.Namespace) -> int:
+    if args.api_command == "add-hawk-user":
+        from ecr_pipelines.api.datastore import add_hawk_user
+        from ecr_pipelines.lib.database import engine_for
+        from ecr_pipelines.lib.settings import env_str
+
+        scopes = [scope.strip() for scope in args.scope.split(",") if scope.strip()]
+        add_hawk_user(
+            engine_for(env_str("DATABASE_URL")), args.client_id, args.client_key, scopes, args.description
+        )
+        print(f"HAWK client {args.client_id} stored with scopes {', '.join(scopes) or '(none)'}")
+        return 0
+    from ecr_pipelines.api.server import serve
+
+    return serve()
+
+
 def _ckan(args: argparse.Namespace) -> int:
     from ecr_pipelines.ckan.cli import run
 
@@ -357,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     from ecr_pipelines.datastore.cli import add_subcommands as add_datastore_subcommands
 
     add_datastore_subcommands(sub)
+    api = sub.add_parser("api", help="serve the HTTP contracts (API_HOST, API_PORT, API_WORKERS)")
+    api_commands = api.add_subparsers(dest="api_command")
+    hawk = api_commands.add_parser("add-hawk-user", help="store (or replace) a data-store API client")
+    hawk.add_argument("--client-id", required=True)
+    hawk.add_argument("--client-key", required=True, help="the client's HAWK key (shared secret)")
+    hawk.add_argument("--scope", default="", help="comma-separated route names, or * for every route")
+    hawk.add_argument("--description", default="")
     return parser
 
 
@@ -381,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "energy": _energy,
         "ckan": _ckan,
         "datastore": _datastore,
+        "api": _api,
     }
     try:
         return handlers[args.command](args)

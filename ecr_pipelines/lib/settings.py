@@ -263,6 +263,32 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
         "60",
         "Seconds between looks for due metering-point imports, pending disclosures and webhooks to send.",
     ),
+    # The HTTP contracts (python -m ecr_pipelines api).
+    EnvVarDoc(
+        "API_HOST",
+        "127.0.0.1",
+        "Interface the HTTP contracts application listens on (`0.0.0.0` in a container).",
+    ),
+    EnvVarDoc("API_PORT", "8000", "Its port."),
+    EnvVarDoc("API_WORKERS", "2", "uvicorn worker processes."),
+    EnvVarDoc(
+        "API_TOKEN",
+        "(none: every registry API request refused)",
+        "The registry API's `Authorization` header value (the legacy's name), compared in constant time.",
+        secret=True,
+    ),
+    EnvVarDoc(
+        "CKAN_SECRET",
+        "(none: every intake request refused)",
+        "The `secret` form field CKAN sends with each packager request (the legacy's SECRET).",
+        secret=True,
+    ),
+    EnvVarDoc("DSS_PAGINATION_SIZE", "1000", "Rows per page of the data-store API."),
+    EnvVarDoc(
+        "DAGSTER_WEBSERVER_URL",
+        "(none: /sync and /match answer that they cannot start runs)",
+        "Dagster's webserver (`http://host:3000`), whose GraphQL API starts the registry's runs for `/sync/*` and `/match/*`.",
+    ),
     # IATI refresher.
     EnvVarDoc(
         "IATI_SOURCE", "bds", "Index source: `bds` (Bulk Data Service) or `registry` (legacy CKAN registry)."
