@@ -58,6 +58,8 @@ setup(
         "mohawk>=1.1",
         # Energy hub: ledger addresses of a metering point's measurements (BIP32 child public keys).
         "bip32>=4.0",
+        # The HTTP contracts: Starlette (with dagster-webserver) reads posted forms through it.
+        "python-multipart>=0.0.20",
     ],
     extras_require={
         "dev": [

@@ -29,6 +29,26 @@ SUBJECT_MATCHED = "BDR - New Company matched"
 SUBJECT_ADDED = "BDR - New Company added"
 
 
+def send_matching_mails(value: str | None) -> bool:
+    """The legacy's reading of SEND_MATCHING_MAILS: true only for "True" or "true"; unset,
+    empty or anything else ("1", "yes", "TRUE") is false, so a deployment's existing environment
+    mails exactly whom it mailed before."""
+    return value in ("True", "true")
+
+
+def matching_mails_blocked(send_mails: bool, bdr_endpoint_url: str | None) -> str | None:
+    """Why verification mails are not sent (None: they are). A mail needs both the setting and
+    BDR_ENDPOINT_URL, since its link points into BDR (legacy rule)."""
+    if not send_mails:
+        return "SEND_MATCHING_MAILS is not true"
+    if not bdr_endpoint_url:
+        return (
+            "No BDR_ENDPOINT_URL was set in order to send notification emails. "
+            "Please set this value or disable mails sending."
+        )
+    return None
+
+
 class OperatorError(ValueError):
     """An operator action that cannot be done as asked (unknown id, no link, BDR said no)."""
 

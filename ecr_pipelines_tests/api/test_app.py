@@ -37,3 +37,43 @@ def test_settings_keep_secrets_out_of_their_repr(monkeypatch: pytest.MonkeyPatch
     settings = ApiSettings.from_env()
     assert settings.api_token == "registry-secret" and settings.pagination_size == 25
     assert "secret" not in repr(settings)
+
+
+@pytest.mark.slow
+def test_the_command_serves_the_application_with_json_access_lines(database_url: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ecr_pipelines_tests.api.conftest import _free_port
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "API_PORT": str(port),
+        "API_WORKERS": "2",
+        "API_TOKEN": "x",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ecr_pipelines", "api"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert server.poll() is None and time.monotonic() < deadline, "the API did not start"
+                time.sleep(0.2)
+        assert answer.json() == {"status": "OK"}
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, stderr = server.communicate(timeout=30)
+    access = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert {"method": "GET", "path": "/healthcheck", "status": 200} in [
+        {key: line[key] for key in ("method", "path", "status")} for line in access
+    ]

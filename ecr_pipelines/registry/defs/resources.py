@@ -17,6 +17,7 @@ import requests
 from ecr_pipelines.lib.settings import env_str
 from ecr_pipelines.registry.clients import BdrEndpointClient, BdrRegistryClient, RegistryClient
 from ecr_pipelines.registry.matching import DEFAULT_FUZZ_LIMIT, parse_domain_list
+from ecr_pipelines.registry.operator import matching_mails_blocked, send_matching_mails
 from ecr_pipelines.registry.patches import Patches, load_patches
 from ecr_pipelines.registry.reference import FGAS, ODS
 from ecr_pipelines.resources.env import env_or_default
@@ -49,7 +50,7 @@ class RegistryResource(dg.ConfigurableResource):
     fuzz_limit: int = DEFAULT_FUZZ_LIMIT
     companies_excepted_from_checks: str = ""
     patches_file: str | None = None
-    # Legacy default: no verification mails unless asked for (see legacy_flag).
+    # Legacy default: no verification mails unless asked for (see operator.send_matching_mails).
     send_matching_mails: bool = False
 
     def configured_domains(self) -> list[str]:
@@ -69,16 +70,7 @@ class RegistryResource(dg.ConfigurableResource):
         )
 
     def matching_mails_blocked(self) -> str | None:
-        """Why verification mails are not sent (None: they are). A mail needs both the setting
-        and BDR_ENDPOINT_URL, since its link points into BDR (legacy rule)."""
-        if not self.send_matching_mails:
-            return "SEND_MATCHING_MAILS is not true"
-        if not self.bdr_endpoint_url:
-            return (
-                "No BDR_ENDPOINT_URL was set in order to send notification emails. "
-                "Please set this value or disable mails sending."
-            )
-        return None
+        return matching_mails_blocked(self.send_matching_mails, self.bdr_endpoint_url)
 
     def patches(self) -> Patches:
         return load_patches(self.patches_file)
@@ -116,13 +108,6 @@ PLAIN_FIELDS = {
 }
 
 
-def legacy_flag(value: str | None) -> bool:
-    """The legacy's reading of SEND_MATCHING_MAILS: true only for "True" or "true"; unset,
-    empty or anything else ("1", "yes", "TRUE") is false, so a deployment's existing environment
-    mails exactly whom it mailed before."""
-    return value in ("True", "true")
-
-
 def build_registry_resource() -> RegistryResource:
     """The resource from the environment: secrets as ``EnvVar``, the rest as plain values."""
     values: dict[str, Any] = {}
@@ -132,7 +117,7 @@ def build_registry_resource() -> RegistryResource:
     for fieldname, env in PLAIN_FIELDS.items():
         if env_str(env) is not None:
             values[fieldname] = env_str(env)
-    values["send_matching_mails"] = legacy_flag(env_str("SEND_MATCHING_MAILS"))
+    values["send_matching_mails"] = send_matching_mails(env_str("SEND_MATCHING_MAILS"))
     if env_str("FUZZ_LIMIT") is not None:
         values["fuzz_limit"] = int(env_str("FUZZ_LIMIT") or DEFAULT_FUZZ_LIMIT)
     return RegistryResource(**values)
