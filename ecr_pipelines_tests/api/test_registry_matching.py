@@ -466,8 +466,11 @@ def test_sync_and_match_start_the_jobs_with_their_run_config(
     # What was submitted is what the real jobs accept.
     import dagster as dg
 
-    from ecr_pipelines.definitions import defs
+    from ecr_pipelines.definitions import build_definitions
 
+    # Built now: the module-level `defs` holds the environment of whichever test imported it first,
+    # and validation resolves its EnvVars against the environment of this one.
+    defs = build_definitions()
     for params in dagster.launches:
         job_def = defs.resolve_job_def(params["selector"]["pipelineName"])
         if params["selector"]["assetSelection"]:
