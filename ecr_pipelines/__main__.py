@@ -48,6 +48,7 @@ import shlex
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ecr_pipelines.lib.database import engine_for, redact, stop_embedded_server, with_database
 from ecr_pipelines.lib.migrations import MigrationError, downgrade, status, upgrade
@@ -202,13 +203,13 @@ def _print_import(lines: list[str]) -> None:
         print(line, flush=True)
 
 
-def _registry(args: argparse.Namespace) -> int:
+def _legacy_import(run: Any, args: argparse.Namespace) -> int:
+    """A service's legacy-database import: its report printed, or the refusal and exit code 2."""
     from ecr_pipelines.lib.legacy_copy import LegacyImportRefused
     from ecr_pipelines.lib.migrations import SchemaVersionError
-    from ecr_pipelines.registry.legacy_import import import_legacy_registry
 
     try:
-        report = import_legacy_registry(
+        report = run(
             args.legacy_url,
             engine_for(env_str("DATABASE_URL")),
             schema=args.schema,
@@ -220,26 +221,18 @@ def _registry(args: argparse.Namespace) -> int:
         return 2
     _print_import(report.lines())
     return 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from ecr_pipelines.registry.legacy_import import import_legacy_registry
+
+    return _legacy_import(import_legacy_registry, args)
 
 
 def _energy(args: argparse.Namespace) -> int:
     from ecr_pipelines.energy.legacy_import import import_legacy_energy
-    from ecr_pipelines.lib.legacy_copy import LegacyImportRefused
-    from ecr_pipelines.lib.migrations import SchemaVersionError
 
-    try:
-        report = import_legacy_energy(
-            args.legacy_url,
-            engine_for(env_str("DATABASE_URL")),
-            schema=args.schema,
-            check_only=args.check,
-            progress=_err,
-        )
-    except (LegacyImportRefused, SchemaVersionError) as exc:
-        _err(f"error: {exc}")
-        return 2
-    _print_import(report.lines())
-    return 0
+    return _legacy_import(import_legacy_energy, args)
 
 
 def _iati(args: argparse.Namespace) -> int:
