@@ -66,13 +66,14 @@ so the caller decides how to normalise encodings.
 """
 
 import functools
+import itertools
 import json
 import re
 import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 from dateutil import parser as dateutil_parser
 from lxml import etree
@@ -87,6 +88,7 @@ __all__ = [
     "iter_flattened_activities",
     "main",
     "normalise_date",
+    "write_json",
 ]
 
 ROOT_TAG = "iati-activities"
@@ -298,18 +300,37 @@ def flatten_file(source: str | Path | BinaryIO) -> list[FlatActivity]:
     return list(iter_flattened_activities(source))
 
 
+def write_json(activities: Iterator[FlatActivity], out: TextIO) -> int:
+    """Write ``activities`` to ``out`` as the bytes of ``json.dumps(list(activities))``, one
+    activity at a time (memory stays that of one activity); returns how many were written."""
+    count = 0
+    out.write("[")
+    for activity in activities:
+        if count:
+            out.write(", ")
+        out.write(json.dumps(activity))
+        count += 1
+    out.write("]")
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ecr_pipelines.iati.flatten FILE``: print the file's activities as the refresher's JSON."""
+    """``python -m ecr_pipelines.iati.flatten FILE``: print the file's activities as the refresher's
+    JSON, streamed: the output starts before the file is read to its end, and memory stays flat.
+    A file that is not an IATI activity file prints nothing on stdout (the root is checked first);
+    an error after the output began ends it unfinished, with the error on stderr and exit code 1."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m ecr_pipelines.iati.flatten FILE", file=sys.stderr)
         return 2
+    activities = iter_flattened_activities(args[0])
     try:
-        activities = flatten_file(args[0])
+        first = next(activities, None)
+        write_json(itertools.chain([first] if first is not None else [], activities), sys.stdout)
     except FlattenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(activities))
+    sys.stdout.write("\n")
     return 0
 
 

@@ -446,3 +446,27 @@ def test_main_prints_the_refresher_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert main([str(path)]) == 0
     assert capsys.readouterr().out == '[{"dataset_version": "2.03", "iati_identifier": "\\u00e9"}]\n'
     assert main([str(SAMPLES / "official/organisation-standard-example-annotated.xml")]) == 1
+    assert capsys.readouterr().out == ""  # refused before any output
+
+
+@pytest.mark.parametrize(
+    "sample", sorted(p.relative_to(SAMPLES).as_posix() for p in SAMPLES.rglob("*activit*.xml"))
+)
+def test_main_streams_exactly_the_bytes_of_the_whole_list(
+    sample: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        expected = json.dumps(flatten_file(SAMPLES / sample)) + "\n"
+    except FlattenError:
+        pytest.skip("not an activity file")
+    assert main([str(SAMPLES / sample)]) == 0
+    assert capsys.readouterr().out == expected
+
+
+def test_main_of_a_file_without_activities_prints_an_empty_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "empty.xml"
+    path.write_bytes(b'<iati-activities version="2.03"></iati-activities>')
+    assert main([str(path)]) == 0
+    assert capsys.readouterr().out == "[]\n"
