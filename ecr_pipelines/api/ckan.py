@@ -42,7 +42,7 @@ from ecr_pipelines.ckan.package import DEFAULT_SLOW_REQUEST, BadRequest
 from ecr_pipelines.ckan.stages.cleanup import delete_expired
 from ecr_pipelines.ckan.stages.packages import QUEUES
 from ecr_pipelines.ckan.stages.requests import DEFAULT_CACHE_TIME, submit
-from ecr_pipelines.lib.settings import env_str
+from ecr_pipelines.lib.settings import env_number, env_str
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +77,10 @@ class IntakeSettings:
         not usable stops the application from starting, naming the variable."""
         return cls(
             secret=secret,
-            slow_request=_env_int("CKAN_SLOW_REQUEST", DEFAULT_SLOW_REQUEST),
-            cache_time=_env_int("CKAN_CACHE_TIME", DEFAULT_CACHE_TIME),
+            slow_request=env_number("CKAN_SLOW_REQUEST", DEFAULT_SLOW_REQUEST),
+            cache_time=env_number("CKAN_CACHE_TIME", DEFAULT_CACHE_TIME),
             anonymize_emails=_env_flag("CKAN_ANONYMIZE_EMAILS"),
         )
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = env_str(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw.strip())
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a whole number") from None
 
 
 def _env_flag(name: str) -> bool:

@@ -9,19 +9,9 @@ from sqlalchemy.engine import Engine
 
 from ecr_pipelines.lib.blobstore import BlobStore, open_blob_store
 from ecr_pipelines.lib.database import engine_for
-from ecr_pipelines.lib.settings import env_str
+from ecr_pipelines.lib.settings import env_number, env_str
 
 DEFAULT_PAGINATION_SIZE = 1000
-
-
-def _int(name: str, default: int) -> int:
-    raw = env_str(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a whole number") from None
 
 
 @dataclass(frozen=True)
@@ -42,7 +32,7 @@ class ApiSettings:
             database_url=env_str("DATABASE_URL"),
             api_token=os.environ.get("API_TOKEN", "").strip(),
             ckan_secret=os.environ.get("CKAN_SECRET", "").strip(),
-            pagination_size=_int("DSS_PAGINATION_SIZE", DEFAULT_PAGINATION_SIZE),
+            pagination_size=env_number("DSS_PAGINATION_SIZE", DEFAULT_PAGINATION_SIZE),
             dagster_url=env_str("DAGSTER_WEBSERVER_URL"),
             blob_store_url=env_str("BLOB_STORE_URL"),
             s3_endpoint_url=env_str("S3_ENDPOINT_URL"),

@@ -4,7 +4,7 @@ the environment (``API_HOST``, ``API_PORT``, ``API_WORKERS``), logging JSON line
 import logging
 import sys
 
-from ecr_pipelines.lib.settings import env_str
+from ecr_pipelines.lib.settings import env_number, env_str
 
 LOG_CONFIG = {
     "version": 1,
@@ -24,8 +24,8 @@ def serve() -> int:
     import uvicorn
 
     host = env_str("API_HOST", "127.0.0.1") or "127.0.0.1"
-    port = int(env_str("API_PORT", "8000") or 8000)
-    workers = int(env_str("API_WORKERS", "2") or 2)
+    port = env_number("API_PORT", 8000)
+    workers = env_number("API_WORKERS", 2)
     logging.getLogger("ecr_pipelines.api").info("serving on %s:%d with %d workers", host, port, workers)
     uvicorn.run(
         "ecr_pipelines.api.app:create_app",

@@ -44,6 +44,7 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ecr_pipelines.lib.batch import clip
 from ecr_pipelines.lib.http import ErrorKind, FetchError, check_scheme, classify, make_session
 
 log = logging.getLogger(__name__)
@@ -371,10 +372,6 @@ def _urllib3_retries(session: requests.Session, url: str) -> int:
     return total if isinstance(total, int) and not isinstance(total, bool) else 0
 
 
-def _clip(message: str) -> str:
-    return message if len(message) <= ERROR_LIMIT else message[:ERROR_LIMIT] + "…"
-
-
 def _post(session: requests.Session, out: Outgoing, timeout: float) -> _Attempt:
     # Messages never name the URL: a subscriber's URL may carry a token, and the errors preview
     # ends up in run metadata (the delivery id leads to it).
@@ -384,7 +381,7 @@ def _post(session: requests.Session, out: Outgoing, timeout: float) -> _Attempt:
         check_scheme(out.url)
         response = session.post(out.url, data=out.body, headers=headers, timeout=timeout, stream=True)
     except FetchError as exc:
-        return _Attempt(out.id, False, exc.kind.value, _clip(exc.message))
+        return _Attempt(out.id, False, exc.kind.value, clip(exc.message, ERROR_LIMIT))
     except requests.exceptions.RequestException as exc:
         try:
             failure = classify(exc, out.url)
@@ -393,7 +390,7 @@ def _post(session: requests.Session, out: Outgoing, timeout: float) -> _Attempt:
             # What classify has no class for (an invalid URL, too many redirects) never reached
             # the receiver: a connection-level failure as far as the subscriber is concerned.
             kind, message = ErrorKind.CONNECTION.value, f"{type(exc).__name__}: {exc}"
-        return _Attempt(out.id, False, kind, _clip(message))
+        return _Attempt(out.id, False, kind, clip(message, ERROR_LIMIT))
     with response:
         if response.status_code == 200:
             return _Attempt(out.id, True)
@@ -404,7 +401,7 @@ def _post(session: requests.Session, out: Outgoing, timeout: float) -> _Attempt:
             head = b""
     said = head.decode("utf-8", "replace").strip()
     message = f"HTTP {response.status_code}" + (f": {said}" if said else "")
-    return _Attempt(out.id, False, ErrorKind.HTTP_STATUS.value, _clip(message))
+    return _Attempt(out.id, False, ErrorKind.HTTP_STATUS.value, clip(message, ERROR_LIMIT))
 
 
 _CLAIM = """

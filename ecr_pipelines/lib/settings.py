@@ -5,10 +5,14 @@ table and the ``python -m ecr_pipelines env`` command stay in step with the code
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ecr_pipelines import __version__
+
+N = TypeVar("N", int, float)
 
 USER_AGENT = f"ecr-pipelines/{__version__} (+https://github.com/eea/ecr_pipelines)"
 
@@ -381,6 +385,19 @@ def env_str(name: str, default: str | None = None) -> str | None:
     """An environment variable, with empty strings treated as unset."""
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def env_number(name: str, default: N, kind: Callable[[str], N] = int) -> N:
+    """A numeric variable (``kind``: int or float), ``default`` when unset; a value that is not one
+    raises ``ValueError`` naming the variable, so a process refuses to start on a typo."""
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name}={raw!r} is not {what}") from None
 
 
 def env_bool(name: str, default: bool) -> bool:

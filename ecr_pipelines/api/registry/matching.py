@@ -34,7 +34,7 @@ from ecr_pipelines.api.registry.undertakings import load_undertakings, undertaki
 from ecr_pipelines.lib.http import make_session
 from ecr_pipelines.lib.mail import Mailer
 from ecr_pipelines.lib.outbox import send_pending
-from ecr_pipelines.lib.settings import ecr_home, env_bool, env_str
+from ecr_pipelines.lib.settings import ecr_home, env_bool, env_number, env_str
 from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.registry import operator
 from ecr_pipelines.registry.clients import BdrEndpointClient, BdrResult
@@ -69,17 +69,6 @@ BDR_REFUSED = 502
 # -- settings --------------------------------------------------------------------------------------
 
 
-def _number(name: str, default: float, kind: Callable[[str], Any]) -> Any:
-    """A numeric variable; a value that is not one stops the application at start, naming it."""
-    raw = env_str(name)
-    if raw is None:
-        return kind(str(default))
-    try:
-        return kind(raw.strip())
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
-
-
 @dataclass(frozen=True)
 class MatchingSettings:
     """What the operator actions need besides the database, read once from the environment under
@@ -105,9 +94,9 @@ class MatchingSettings:
             send_matching_mails=send_matching_mails(env_str("SEND_MATCHING_MAILS")),
             smtp_url=env_str("SMTP_URL"),
             mail_from=env_str("MAIL_FROM", "ecr-pipelines@localhost") or "ecr-pipelines@localhost",
-            connect_timeout=_number("HTTP_CONNECT_TIMEOUT", 10.0, float),
-            read_timeout=_number("HTTP_READ_TIMEOUT", 60.0, float),
-            retries=_number("HTTP_RETRIES", 3, int),
+            connect_timeout=env_number("HTTP_CONNECT_TIMEOUT", 10.0, float),
+            read_timeout=env_number("HTTP_READ_TIMEOUT", 60.0, float),
+            retries=env_number("HTTP_RETRIES", 3),
             verify_tls=env_bool("HTTPS_VERIFY", True),
         )
 
