@@ -117,6 +117,9 @@ def normalise_date(value: str) -> str | None:
     fast = _plain_date(value)
     if fast is not None:
         return fast
+    fast = _iso_datetime(value)
+    if fast is not None:
+        return fast
     parsed: datetime | None = None
     for fmt in ("%Y-%m-%d", "%Y-%m-%dZ"):
         try:
@@ -160,6 +163,31 @@ def _plain_date(value: str) -> str | None:
     if len(_plain_dates) < 100_000:
         _plain_dates[value] = formatted
     return formatted
+
+
+# ISO 8601 date-times as IATI writes them (``last-updated-datetime``, ``generated-datetime``):
+# seconds, at most six fraction digits, ``Z`` or an offset. ASCII digits only.
+_ISO_DATETIME = re.compile(
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?$"
+)
+
+
+def _iso_datetime(value: str) -> str | None:
+    """An ISO date-time, years 1000-9999, as dateutil then ``normalise_date`` format it (offset
+    dropped, fraction cut to milliseconds), without dateutil's general parser, which costs tens of
+    microseconds a value. None: not this form, or not a valid time; the general path decides."""
+    match = _ISO_DATETIME.match(value)
+    if match is None or match.group(1) < "1000":
+        return None
+    year, month, day, hour, minute, second, fraction = match.groups()
+    try:
+        datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+    except ValueError:
+        return None
+    # dateutil reads the fraction as microseconds (padded or cut to six digits); we print three.
+    millis = (fraction or "").ljust(3, "0")[:3]
+    return f"{value[:10]}T{hour}:{minute}:{second}.{millis}Z"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -221,17 +249,23 @@ class _Keys:
     def __init__(self, prefixes: dict[str, str]) -> None:
         self.prefixes = prefixes
         self.cache: dict[tuple[str, str], str] = {}
-        # key -> whether its values are treated specially (the identifier, dates)
-        self.specials: dict[str, bool] = {}  # bounded by the keys, which the cache bounds
+        # key -> how its values are treated (``_special_kind``), for the keys not taken plainly;
+        # filled as keys are built, so every key the walk meets has been through ``key`` once
+        self.specials: dict[str, str] = {}
 
     def key(self, path: str, name: str) -> str:
         key = self.cache.get((path, name))
         if key is None:
             key = _join(path, _canonical(name, self.prefixes))
+            kind = _special_kind(key)
+            if kind:
+                self.specials[key] = kind
             if len(self.cache) < 200_000:
                 self.cache[(path, name)] = key
         return key
 
+
+ELEMENTS_ONLY = etree.Element  # as a tag filter: elements, not comments, PIs or entities
 
 _keys_by_namespaces: dict[tuple[tuple[str, str], ...], _Keys] = {}
 
@@ -259,26 +293,46 @@ def _flatten_activity_tree(activity: etree._Element, keys: _Keys, out: dict) -> 
     once per element and attribute of the corpus, and a call per value was a third of the time.
     """
     subs: dict[str, list[dict]] = {name: [] for name in EXPLODE_ELEMENTS}
-    stack: list[tuple[etree._Element, str, dict | None]] = [(activity, "", None)]
     cache, key, specials = keys.cache, keys.key, keys.specials
-    pop, push = stack.pop, stack.append
-    while stack:
-        node, path, sub = pop()
+    plain_dates = _plain_dates
+    # The ancestors of the element at hand, each with its key path and its sub-list dict:
+    # lxml walks the tree in C (document order, elements only) and the stack follows it.
+    ancestors: list[tuple[etree._Element, str, dict | None]] = []
+    pop, push = ancestors.pop, ancestors.append
+    for node in activity.iter(ELEMENTS_ONLY):
+        if node is activity:
+            path, sub = "", None
+        else:
+            parent = node.getparent()
+            while ancestors[-1][0] is not parent:
+                pop()
+            _, parent_path, sub = ancestors[-1]
+            tag = node.tag
+            path = cache.get((parent_path, tag)) or key(parent_path, tag)
+            if parent is activity:
+                sub = None
+                if tag in subs:
+                    sub = {}
+                    subs[tag].append(sub)
+        push((node, path, sub))
         values = node.items()
-        text = node.text
-        if path and text is not None and text.strip():
-            values.append((None, text))
+        if path:
+            text = node.text
+            if text is not None:
+                text = text.strip()
+                if text:
+                    values.append((None, text))
         for name, raw in values:
             k = path if name is None else (cache.get((path, name)) or key(path, name))
             value = raw.strip()
             special = specials.get(k)
-            if special is None:
-                special = specials[k] = k == "iati_identifier" or _is_date_key(k)
-            if special:
-                stored = _special_value(k, value)
-                if stored is None:
-                    continue
-                value = stored
+            if special is not None:
+                if special is _DATE:
+                    value = plain_dates.get(value) or normalise_date(value)
+                    if value is None:
+                        continue  # unparseable dates are left out
+                else:
+                    value = value.replace("\n", "").replace("\r", "")
             existing = out.get(k)
             if existing is None:
                 out[k] = value
@@ -294,28 +348,17 @@ def _flatten_activity_tree(activity: etree._Element, keys: _Keys, out: dict) -> 
                     existing.append(value)
                 else:
                     sub[k] = [existing, value]
-        if len(node):
-            children = [(child, child.tag) for child in node]
-            if node is activity:
-                # The sub-lists in document order, before the reversed push.
-                opened = {id(child): {} for child, tag in children if tag in subs}
-                for child, tag in children:
-                    if tag in subs:
-                        subs[tag].append(opened[id(child)])
-            for child, tag in reversed(children):
-                if isinstance(tag, str):  # comments and processing instructions are not elements
-                    child_sub = opened.get(id(child)) if node is activity else sub
-                    push((child, cache.get((path, tag)) or key(path, tag), child_sub))
     return subs
 
 
-def _special_value(key: str, value: str) -> str | None:
-    """The value of a key ``_add_value`` treats specially (identifier, dates); None: omitted."""
+_IDENTIFIER, _DATE = "identifier", "date"
+
+
+def _special_kind(key: str) -> str:
+    """How ``_add_value`` treats a key's values: the identifier, a date, or plainly ("")."""
     if key == "iati_identifier":
-        value = value.replace("\n", "").replace("\r", "")
-    if _is_date_key(key):
-        return normalise_date(value)
-    return value
+        return _IDENTIFIER
+    return _DATE if _is_date_key(key) else ""
 
 
 def _flatten_activity(activity: etree._Element, root_values: dict[str, str]) -> FlatActivity:

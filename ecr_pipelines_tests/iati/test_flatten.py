@@ -259,6 +259,49 @@ def test_partial_date_takes_missing_parts_from_today() -> None:
     assert got in {f"2023-05-{day.day:02d}T00:00:00.000Z" for day in (before, after)}
 
 
+def _dateutil_form(value: str) -> str | None:
+    """What the refresher's general path (dateutil) gives for ``value``."""
+    from dateutil import parser
+
+    try:
+        return parser.parse(value).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (ValueError, OverflowError):
+        return None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2024-06-20T07:10:17",
+        "2024-06-20T07:10:17Z",
+        "2024-06-20T23:59:59+23:59",
+        "2024-06-20T07:10:17-00:00",
+        "2024-06-20T07:10:17.1",
+        "2024-06-20T07:10:17.12",
+        "2024-06-20T07:10:17.123456Z",
+        "2024-06-20T07:10:17.999999+05:30",
+        "2024-02-29T00:00:00",
+        "1000-01-01T00:00:00",
+        "9999-12-31T23:59:59.5Z",
+        # Not the fast path's form: the general path decides (and must agree with dateutil).
+        "2023-02-29T00:00:00",
+        "2024-06-20T24:00:00",
+        "2024-06-20T07:60:00",
+        "2024-06-20T07:10:17.1234567",
+        "2024-06-20T07:10:17+24:00",
+        "0999-06-20T07:10:17",
+        "2024-06-20T07:10",
+        "２０２４-06-20T07:10:17",
+    ],
+)
+def test_fast_date_time_path_agrees_with_dateutil(value: str) -> None:
+    from ecr_pipelines.iati.flatten import _iso_datetime, normalise_date
+
+    fast = _iso_datetime(value)
+    assert fast is None or fast == _dateutil_form(value)
+    assert normalise_date(value) == _dateutil_form(value)
+
+
 @pytest.mark.parametrize(
     "value",
     ["", "   ", "cat", "2023-15-40", "2023-02-29", "12021-11-05", "2023-02-30+01:00", "2022-13-01Z", "1e400"],
