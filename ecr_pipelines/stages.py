@@ -28,6 +28,19 @@ class RetryBatchConfig(BatchConfig):
     )
 
 
+class ProcessesConfig(dg.Config):
+    """Run config of a batch stage whose per-item work runs in worker processes."""
+
+    processes: int | None = Field(
+        default=None,
+        description=(
+            "Worker processes for the per-item work (default: the service's setting, IATI_PROCESSES for "
+            "IATI; 1: this run's process only). Started only when more than one item is due and the due "
+            "work is large enough to pay for them."
+        ),
+    )
+
+
 def stage_metadata(report: StageReport, row_count: int, **extra: Any) -> dict[str, Any]:
     """The metadata of one run of a batch stage: its counts, then previews of the items that
     failed (with their error class) and of those that went elsewhere (held, sent back, ...)."""

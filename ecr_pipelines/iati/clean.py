@@ -12,19 +12,24 @@ Decision (the refresher's ``copy_valid`` / ``clean_invalid``):
 * ``error`` with the refresher's messages: ``"No valid activities"`` (none to keep) or
   ``"Could not parse"`` (the source is not well-formed or is unsafe XML).
 
-The rebuild streams the source, so only one activity is held in memory at a time (plus the output).
+Both ``copy`` and ``rebuilt`` write to a binary stream ``out`` (the stage: a scratch file it then
+uploads), and the rebuild streams the source, so only one activity is held in memory at a time,
+whatever the size of the document. Without ``out`` the clean document comes back as bytes
+(``CleanResult.data``), for callers that want it in memory.
 """
 
 import io
+import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO, Literal
 
 from lxml import etree
 
 from ecr_pipelines.iati.validate import ACTIVITIES, SUPPORTED_VERSIONS
 from ecr_pipelines.lib import xmlsafe
 
+COPY_CHUNK = 1024 * 1024
 COULD_NOT_PARSE = "Could not parse"
 NO_VALID_ACTIVITIES = "No valid activities"
 CleanAction = Literal["copy", "rebuilt", "skip", "error"]
@@ -34,7 +39,8 @@ CleanAction = Literal["copy", "rebuilt", "skip", "error"]
 class CleanResult:
     """Outcome of :func:`clean_document`.
 
-    ``data`` holds the clean document for ``copy``/``rebuilt``; ``error`` the message to store
+    ``data`` holds the clean document for ``copy``/``rebuilt`` when no ``out`` stream was given
+    (with one, the document went there); ``error`` the message to store
     (``clean_error``) for ``error``; ``reason`` a human explanation for ``skip``/``error``.
     ``kept``/``dropped`` count activities written / left out.
     """
@@ -47,13 +53,12 @@ class CleanResult:
     reason: str = ""
 
 
-def _read_bytes(source: xmlsafe.XMLSource) -> bytes:
-    if isinstance(source, bytes):
-        return source
-    if isinstance(source, bytearray | memoryview):
-        return bytes(source)
+def _copy(source: xmlsafe.XMLSource, out: BinaryIO) -> None:
+    if isinstance(source, bytes | bytearray | memoryview):
+        out.write(source)
+        return
     with open(source, "rb") as handle:
-        return handle.read()
+        shutil.copyfileobj(handle, out, COPY_CHUNK)
 
 
 def _root_start_tag(root: xmlsafe.RootInfo) -> bytes:
@@ -66,7 +71,7 @@ def _root_start_tag(root: xmlsafe.RootInfo) -> bytes:
     return empty[:-2] + b">"
 
 
-def _rebuild(source: xmlsafe.XMLSource, keep: frozenset[int]) -> CleanResult:
+def _rebuild(source: xmlsafe.XMLSource, keep: frozenset[int], out: BinaryIO) -> CleanResult:
     try:
         root = xmlsafe.read_root(source)
     except (etree.XMLSyntaxError, xmlsafe.UnsafeXMLError) as error:
@@ -74,9 +79,6 @@ def _rebuild(source: xmlsafe.XMLSource, keep: frozenset[int]) -> CleanResult:
     if root.tag != ACTIVITIES:
         return CleanResult("error", error=COULD_NOT_PARSE, reason=f"root element is {root.tag!r}")
 
-    # BytesIO rather than a list + join: getvalue() hands over its buffer, so the output is
-    # held once, not twice, at the end.
-    out = io.BytesIO()
     out.write(_root_start_tag(root))
     index = 0
     kept = 0
@@ -106,16 +108,28 @@ def _rebuild(source: xmlsafe.XMLSource, keep: frozenset[int]) -> CleanResult:
             reason="no activity at the indices the report marks valid",
         )
     out.write(f"\n</{root.tag}>".encode())
-    return CleanResult("rebuilt", data=out.getvalue(), kept=kept, dropped=index - kept)
+    return CleanResult("rebuilt", kept=kept, dropped=index - kept)
 
 
-def clean_document(source: xmlsafe.XMLSource, report: Mapping[str, Any]) -> CleanResult:
+def clean_document(
+    source: xmlsafe.XMLSource, report: Mapping[str, Any], out: BinaryIO | None = None
+) -> CleanResult:
     """Decide and perform the clean step for one document (path or bytes) given its report.
 
     ``report`` is a Validator-API-shaped report (see :mod:`ecr_pipelines.iati.validate`); for an
     invalid activities file it must contain the per-activity meta under ``"iati-activities"``,
     otherwise ``ValueError`` is raised (the caller validated without meta).
+
+    With ``out``, a ``copy`` or ``rebuilt`` document is written there and ``data`` stays None;
+    after any other action ``out`` may hold a partial document, which the caller drops.
     """
+    if out is None:
+        buffer = io.BytesIO()
+        result = clean_document(source, report, buffer)
+        if result.action in ("copy", "rebuilt"):
+            return replace(result, data=buffer.getvalue())
+        return result
+
     file_type = report.get("fileType") or ""
     version = report.get("iatiVersion") or ""
     if file_type != ACTIVITIES:
@@ -126,7 +140,8 @@ def clean_document(source: xmlsafe.XMLSource, report: Mapping[str, Any]) -> Clea
 
     meta = report.get(ACTIVITIES)
     if report.get("valid") is True:
-        return CleanResult("copy", data=_read_bytes(source), kept=len(meta or []))
+        _copy(source, out)
+        return CleanResult("copy", kept=len(meta or []))
 
     if meta is None:
         raise ValueError("report of an invalid activities file has no per-activity meta")
@@ -135,4 +150,4 @@ def clean_document(source: xmlsafe.XMLSource, report: Mapping[str, Any]) -> Clea
         return CleanResult(
             "error", error=NO_VALID_ACTIVITIES, dropped=len(meta), reason="report marks no activity valid"
         )
-    return _rebuild(source, keep)
+    return _rebuild(source, keep, out)

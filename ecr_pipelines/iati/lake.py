@@ -130,8 +130,13 @@ def activity_json(activity: etree._Element) -> str:
     return json.dumps(top, ensure_ascii=False).replace(_XML_NS_CLARK, "xml:")
 
 
+_IDENTIFIER_TEXTS = etree.XPath(
+    "iati-identifier/text()"
+)  # compiled once: per call it cost more than the record
+
+
 def _identifier(activity: etree._Element) -> str:
-    texts = activity.xpath("iati-identifier/text()")
+    texts = _IDENTIFIER_TEXTS(activity)
     if not texts:
         return ""
     return str(texts[0]).strip().replace("\n", "").replace("\r", "")

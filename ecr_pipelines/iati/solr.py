@@ -19,13 +19,14 @@ Commit policy (explicit, and the only way documents become visible: the shipped 
 ``autoCommit`` does not open a searcher and ``autoSoftCommit`` is off): nothing here commits on its
 own. ``add`` and ``delete_document`` never pass ``commit`` / ``commitWithin``; the caller calls
 ``commit()`` (one hard commit per collection) when a unit of work is complete. The Solr stage commits
-once per batch of documents, before it records them as indexed in Postgres; the stale-document
-clean-up commits once at the end.
+once per batch of complete documents, before it records them as indexed in Postgres (its index
+guarantee is in ``ecr_pipelines.iati.stages.solr``); the stale-document clean-up commits once at
+the end.
 """
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,14 +113,17 @@ def _size(doc: Mapping[str, Any]) -> int:
     total = 2
     for key, value in doc.items():
         total += len(key) + 6
-        if isinstance(value, list):
-            total += sum(len(str(item)) + 4 for item in value)
+        if type(value) is str:
+            total += len(value) + 2
+        elif isinstance(value, list):
+            # C-level loops: this runs for every field of every document sent.
+            total += sum(map(len, map(str, value))) + 4 * len(value)
         else:
             total += len(str(value)) + 2
     return total
 
 
-def _batches(docs: Sequence[Mapping[str, Any]], max_docs: int, max_bytes: int) -> Iterator[list[Any]]:
+def _batches(docs: Iterable[Mapping[str, Any]], max_docs: int, max_bytes: int) -> Iterator[list[Any]]:
     batch: list[Any] = []
     size = 0
     for doc in docs:
@@ -202,10 +206,12 @@ class SolrClient:
         for logical in COLLECTIONS:
             self._call(logical, "delete", q=query, commit=False)
 
-    def add(self, collection: str, docs: Sequence[Mapping[str, Any]]) -> int:
+    def add(self, collection: str, docs: Iterable[Mapping[str, Any]]) -> int:
         """Add ``docs`` to a collection (logical name) in bounded requests; returns how many were sent.
 
-        Requests hold at most ``batch_size`` documents and about ``max_batch_bytes``. Not committed.
+        Requests hold at most ``batch_size`` documents and about ``max_batch_bytes``. ``docs`` may
+        be a generator: it is consumed one request at a time, so only one request's documents are
+        held. Not committed.
         """
         sent = 0
         for batch in _batches(docs, self.batch_size, self.max_batch_bytes):

@@ -18,6 +18,11 @@ holds open for the whole stage. When the process dies (SIGKILL, OOM, a lost mach
 closes that backend, and every claim it held is dead at once: the next run takes the items back
 without waiting for a lease to expire, and never takes the claims of a run that is still alive.
 Two runs of one stage at the same time therefore never process one item twice.
+
+Worker processes (``ecr_pipelines.lib.workers``): a stage whose per-item work is CPU-bound passes
+``workers``; the runner starts them once it knows what is due and stops them before this run's
+claims are released, so an item is only ever worked on while this run holds its claim. Claims,
+records and progress stay in this process.
 """
 
 import logging
@@ -26,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg2
 import sqlalchemy as sa
@@ -89,6 +94,7 @@ class Outcome:
     data: Any = None
     counts: Mapping[str, int] = field(default_factory=dict)
     stop: str | None = None  # set: the stage stops after recording this batch (upstream down)
+    worker: int | None = None  # pid of the worker process that produced it (None: the run's own)
 
 
 @dataclass
@@ -111,6 +117,7 @@ class StageReport:
     )  # key, kind, message: not done, no error
     stopped: str | None = None
     seconds: float = 0.0
+    processes: int | None = None  # processes that did the per-item work (None: a stage without workers)
 
     @property
     def processed(self) -> int:
@@ -157,6 +164,8 @@ class StageReport:
             "seconds": round(self.seconds, 2),
             "rows_per_second": round(self.rate, 1),
         }
+        if self.processes is not None:
+            values["processes"] = self.processes
         values.update({f"outcome_{kind}": count for kind, count in sorted(self.kinds.items())})
         values.update({f"error_{cls}": count for cls, count in sorted(self.errors_by_class.items())})
         values.update(dict(sorted(self.counts.items())))
@@ -335,6 +344,18 @@ Record = Callable[[Connection, Sequence[Outcome]], None]
 REFUSED_VALUE: tuple[type[BaseException], ...] = (sa.exc.DataError, psycopg2.DataError, UnicodeError)
 
 
+class Workers(Protocol):
+    """Processes a stage's ``process`` hands its items to (``ecr_pipelines.lib.workers``)."""
+
+    def start(self, due: Sequence[Any]) -> int:
+        """Start the processes if they pay for ``due``; returns how many do the work (1: this one)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop them; when this returns, no item is being worked on anywhere."""
+        ...
+
+
 def per_item(process: Callable[[sa.Row], Outcome]) -> ProcessBatch:
     """A batch function from a per-item one."""
 
@@ -359,6 +380,7 @@ def run_stage(
     refused: Callable[[Outcome, BaseException], Outcome] | None = None,
     committed: Callable[[list[Outcome]], None] | None = None,
     prefetch: bool = False,
+    workers: Workers | None = None,
 ) -> StageReport:
     """Run ``stage`` over every due item: recover, select, chunk, claim, process, record, report.
 
@@ -374,6 +396,9 @@ def run_stage(
     database keeps both busy (on two cores, the sum of the two becomes nearly the larger). When a
     batch stops the stage, the batch worked on ahead is dropped unrecorded: ``process`` has no side
     effects, and its claims die with this run's owner, so its items are due again next run.
+
+    ``workers``: started after the due items are selected (with their keys, so they can decide
+    whether processes pay) and stopped before the claims are released; ``process`` uses them.
     """
     params = {**stage.params, **(params or {})}
     report = report or StageReport(stage.name)
@@ -390,6 +415,10 @@ def run_stage(
             f"{stage.name}: {len(due)} items due in {len(batches)} batches"
             + (f" ({report.recovered} taken back from dead runs)" if report.recovered else "")
         )
+        if workers is not None:
+            report.processes = workers.start(due)
+            if report.processes > 1:
+                progress(f"{stage.name}: {report.processes} worker processes")
 
         def claim_and_process(keys: Sequence[Any]) -> tuple[list[sa.Row], list[Outcome]]:
             rows = with_retry(engine, lambda conn: claim(conn, stage, keys, owner, run_id, params))
@@ -418,8 +447,14 @@ def run_stage(
                 progress(f"{stage.name}: stopped after batch {number}: {stop}")
                 break
     finally:
-        owner.close()
-        report.seconds = time.perf_counter() - started
+        try:
+            if workers is not None:
+                # First: a worker still busy (the run is ending by an exception) must be gone
+                # before the claims are released, or another run could take its item meanwhile.
+                workers.stop()
+        finally:
+            owner.close()
+            report.seconds = time.perf_counter() - started
     return report
 
 

@@ -309,6 +309,12 @@ ENV_VARS: tuple[EnvVarDoc, ...] = (
     ),
     EnvVarDoc("IATI_DOWNLOAD_WORKERS", "10", "Concurrent downloads (at most 32, the HTTP pool size)."),
     EnvVarDoc(
+        "IATI_PROCESSES",
+        "the CPUs, at most 8",
+        "Worker processes of the CPU-bound IATI stages (validation with the local validator, clean, flatten, "
+        "lake), started when a run's due documents weigh 32 MiB or more; 1: the run's own process only.",
+    ),
+    EnvVarDoc(
         "IATI_PUBLISHER_SAFETY_PERCENTAGE",
         "50",
         "Refuse a sync whose index has fewer than this % of stored publishers.",

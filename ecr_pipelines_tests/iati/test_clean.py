@@ -1,12 +1,16 @@
-"""Tests for the clean stage decision and the rebuild of partially invalid activity files."""
+"""Tests for the clean stage decision and the rebuild of partially invalid activity files (streamed\nto a file and uploaded from it)."""
 
+import hashlib
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
+from ecr_pipelines.iati.blobkeys import clean_key, source_key
 from ecr_pipelines.iati.clean import COULD_NOT_PARSE, NO_VALID_ACTIVITIES, CleanResult, clean_document
+from ecr_pipelines.iati.stages.clean import DueForClean, clean_one
 from ecr_pipelines.iati.validate import validate_file
+from ecr_pipelines.lib.blobstore import LocalBlobStore
 from ecr_pipelines_tests.iati.iati_samples import SAMPLES, activity_xml, mixed_document
 
 
@@ -137,3 +141,62 @@ def test_invalid_report_without_meta_is_a_caller_error() -> None:
     report = {"valid": False, "fileType": "iati-activities", "iatiVersion": "2.03"}
     with pytest.raises(ValueError, match="meta"):
         clean_document(mixed_document(), report)
+
+
+# The rebuilt mixed document as the clean step wrote it before it streamed to a file.
+MIXED_REBUILT_SHA256 = "8222b1156824963ee4b4c06230d973e109923b89d3d3e0bbdde3911837d9bd44"
+
+
+def test_rebuild_streams_into_out_with_the_same_bytes(tmp_path: Path) -> None:
+    source = tmp_path / "mixed.xml"
+    source.write_bytes(mixed_document())
+    target = tmp_path / "clean.xml"
+    with open(target, "wb") as out:
+        result = clean_document(source, validate_file(source), out)
+    assert (result.action, result.kept, result.dropped, result.data) == ("rebuilt", 2, 1, None)
+    written = target.read_bytes()
+    assert hashlib.sha256(written).hexdigest() == MIXED_REBUILT_SHA256
+    # Without a stream the same bytes come back in memory.
+    assert clean_document(mixed_document(), validate_file(source)).data == written
+
+
+def test_valid_file_is_copied_into_out_unchanged(tmp_path: Path) -> None:
+    path = SAMPLES / "real-world/beis-activity.xml"
+    target = tmp_path / "clean.xml"
+    with open(target, "wb") as out:
+        result = clean_document(path, validate_file(path), out)
+    assert (result.action, result.kept, result.data) == ("copy", 9, None)
+    assert target.read_bytes() == path.read_bytes()
+
+
+class UploadsFilesOnly(LocalBlobStore):
+    """A local store that refuses whole objects in memory and remembers the files it was given."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.files: list[Path] = []
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> int:
+        raise AssertionError(f"{key} was handed over in memory")
+
+    def put_file(self, key: str, path: str | Path, content_type: str | None = None) -> int:
+        self.files.append(Path(path))
+        return super().put_file(key, path, content_type)
+
+
+def test_the_stage_uploads_the_rebuilt_document_from_its_scratch_folder(tmp_path: Path) -> None:
+    store = UploadsFilesOnly(tmp_path / "blobs")
+    with open(tmp_path / "mixed.xml", "wb") as fh:
+        fh.write(mixed_document())
+    store.put_file(source_key("h-mixed"), tmp_path / "mixed.xml")
+    store.files.clear()
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    doc = DueForClean("doc-mixed", "h-mixed", None, False)
+
+    result = clean_one(store, doc, validate_file(mixed_document()), folder)
+
+    assert (result.kind, result.kept, result.dropped) == ("rebuilt", 2, 1)
+    assert [path.parent for path in store.files] == [folder]
+    assert hashlib.sha256(store.get_bytes(clean_key("h-mixed"))).hexdigest() == MIXED_REBUILT_SHA256
+    assert list(folder.iterdir()) == []  # the scratch copy is gone once uploaded

@@ -36,6 +36,16 @@ from ecr_pipelines_tests.iati.claims import claim_for_dead_run, claim_for_live_r
 from ecr_pipelines_tests.iati.iati_samples import SAMPLES
 from ecr_pipelines_tests.iati.test_flatten import WORKED_EXAMPLE
 
+
+@pytest.fixture(autouse=True)
+def one_document_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests inject faults by request number: one document in flight keeps that order
+    (``test_documents_at_once_index_the_same`` covers several)."""
+    from ecr_pipelines.iati.stages import solr as solr_stage
+
+    monkeypatch.setattr(solr_stage, "DOCUMENTS_AT_ONCE", 1)
+
+
 PUBLISHER = "pub00000-0000-4000-8000-000000000001"
 SAMPLE_FILES = {
     "d0000001-0000-4000-8000-000000000001": "official/activity-standard-example-annotated.xml",

@@ -112,3 +112,11 @@ def test_urls_choose_the_back_end(tmp_path: Path, s3_endpoint: str) -> None:
     assert isinstance(s3, S3BlobStore) and s3.uri("k") == "s3://bucket/some/prefix/k"
     with pytest.raises(ValueError, match="s3://"):
         BlobStoreResource(url="gs://bucket").store  # noqa: B018
+
+
+def test_non_atomic_puts_store_the_same_bytes(store: BlobStore) -> None:
+    # The activity lake's writes: in place on a local folder, a plain PUT on S3.
+    assert store.put_bytes("lake/doc/a.xml", b"<a/>", "application/xml", atomic=False) == 4
+    assert store.put_bytes("lake/doc/a.xml", b"<b></b>", "application/xml", atomic=False) == 7
+    assert store.get_bytes("lake/doc/a.xml") == b"<b></b>"
+    assert list(store.list("lake/")) == ["lake/doc/a.xml"]

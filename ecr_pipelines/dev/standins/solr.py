@@ -30,17 +30,20 @@ What it does, like Solr 9:
 
 Python API for tests: ``SolrStandIn().start()`` (or use it as a context manager), ``.url``
 (the ``.../solr`` base URL, what ``SOLR_URL`` holds), ``.documents(collection)`` (committed
-documents), ``.pending(collection)``, ``.commits(collection)``, ``.fail_next(...)``, ``.stop()``.
-Optionally (``data_dir``) the committed documents survive a restart, like a real index.
+documents), ``.pending(collection)``, ``.commits(collection)``, ``.fail_next(...)`` (also the Nth
+request: ``after=N-1``), ``.stop()``. Optionally (``data_dir``) the committed documents survive a
+restart, like a real index. For benchmarks, ``lean=True`` (``--lean``) checks every document as
+usual but stores only the fields that identify it (see ``SolrStandIn``).
 """
 
 import fnmatch
+import functools
 import json
 import math
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,8 +53,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from lxml import etree
 
+_UNSEEN: Any = object()  # not looked up yet (None is a result: no such field)
 CONFIGSETS = Path(__file__).resolve().parents[3] / "solr"
 MAX_TERM_BYTES = 32766  # Lucene's limit on one indexed term
+# What a lean stand-in stores of each document: enough to count and delete an IATI document's entries.
+LEAN_FIELDS = ("id", "iati_activities_document_id", "iati_activities_document_hash")
 
 _DOUBLE = re.compile(r"^[+-]?(NaN|Infinity|(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[fFdD]?)$")
 _INT = re.compile(r"^[+-]?\d+$")
@@ -107,6 +113,10 @@ class Schema:
     fields: dict[str, SchemaField]
     dynamic_fields: list[tuple[str, SchemaField]]  # (pattern, field), longest pattern first
     copy_fields: list[tuple[str, str]]  # (source pattern, destination)
+    # Matches already made, per field name: a corpus sends the same few hundred names again and
+    # again (a benchmark sends millions of documents through here).
+    _dynamic_cache: dict[str, "SchemaField | None"] = field(default_factory=dict, repr=False)
+    _copy_cache: dict[str, list[tuple[int, str]]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: Path) -> "Schema":
@@ -152,10 +162,27 @@ class Schema:
         found = self.fields.get(name)
         if found is not None:
             return found
+        known = self._dynamic_cache.get(name, _UNSEEN)
+        if known is not _UNSEEN:
+            return known
         for pattern, dynamic in self.dynamic_fields:
             if _glob(pattern, name):
-                return replace(dynamic, name=name)
-        return None
+                found = replace(dynamic, name=name)
+                break
+        self._dynamic_cache[name] = found
+        return found
+
+    def copy_rules(self, name: str) -> list[tuple[int, str]]:
+        """(rule number, destination) of the copy fields a source field matches (globs matched
+        once per name)."""
+        found = self._copy_cache.get(name)
+        if found is None:
+            found = self._copy_cache[name] = [
+                (number, dest)
+                for number, (source, dest) in enumerate(self.copy_fields)
+                if name != dest and fnmatch.fnmatchcase(name, source)
+            ]
+        return found
 
 
 def _glob(pattern: str, name: str) -> bool:
@@ -184,6 +211,12 @@ def _parse_date(value: str) -> str:
         if value != "NOW":
             raise ValueError("the stand-in supports NOW but no date math")
         return _format_instant(datetime.now(UTC))
+    return _parse_fixed_date(value)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _parse_fixed_date(value: str) -> str:
+    # Cached: a corpus repeats its dates (every transaction and budget carries a few).
     match = _DATE.match(value)
     if not match:
         raise ValueError(f"Invalid Date String:'{value}'")
@@ -276,29 +309,111 @@ class _Core:
     name: str
     schema: Schema
     handlers: dict[str, "SearchHandler"] = field(default_factory=dict)
-    live: dict[str, dict[str, Any]] = field(default_factory=dict)  # what the index writer holds
-    visible: dict[str, dict[str, Any]] = field(default_factory=dict)  # what the searcher sees
+    # What the searcher sees, and the uncommitted changes on top of it in the order they were made
+    # (None: deleted): the index writer's view is the two together, and a commit costs what changed.
+    visible: dict[str, Any] = field(default_factory=dict)
+    changes: dict[str, Any] = field(default_factory=dict)
     commits: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
     timer: threading.Timer | None = None
     timer_due: float = 0.0
     version: int = 0
     snapshot: Path | None = None  # where committed documents are kept between runs, if anywhere
+    # Lean: only these fields are stored (with the uniqueKey and _version_), as a tuple, and exact
+    # field:value deletes and queries on them use an index (value → keys of the writer's view).
+    keep: tuple[str, ...] | None = None
+    index: dict[str, dict[Any, dict[str, None]]] = field(default_factory=dict)
+    shared: dict[str, str] = field(default_factory=dict)  # one copy of each repeated kept value
+
+    def __post_init__(self) -> None:
+        if self.keep is not None:
+            key = self.schema.unique_key
+            self.keep = (key, *(name for name in dict.fromkeys(self.keep) if name not in (key, "_version_")))
+            self.keep += ("_version_",)
+            self.index = {name: {} for name in self.keep[1:-1]}
+
+    # -- stored form ---------------------------------------------------------------------------
+    def _pack(self, doc: dict[str, Any]) -> Any:
+        if self.keep is None:
+            return doc
+        values = []
+        for name in self.keep:
+            value = doc.get(name)
+            if isinstance(value, str) and name in self.index:
+                value = self.shared.setdefault(value, value)
+            elif isinstance(value, list):
+                value = [self.shared.setdefault(v, v) if isinstance(v, str) else v for v in value]
+            values.append(value)
+        return tuple(values)
+
+    def _unpack(self, stored: Any) -> dict[str, Any]:
+        """The stored document as a dict (not a copy, unless lean: callers must not change it)."""
+        if self.keep is None:
+            return stored
+        return {name: value for name, value in zip(self.keep, stored, strict=True) if value is not None}
+
+    def _indexed(self, key: str, stored: Any, add: bool) -> None:
+        if not self.index:
+            return
+        for name, value in zip(self.keep or (), stored, strict=True):
+            keys_by_value = self.index.get(name)
+            if keys_by_value is None or value is None:
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                if add:
+                    keys_by_value.setdefault(item, {})[key] = None
+                else:
+                    keys = keys_by_value.get(item)
+                    if keys is not None:
+                        keys.pop(key, None)
+                        if not keys:
+                            del keys_by_value[item]
+
+    def _live(self, key: str) -> Any:
+        return self.changes[key] if key in self.changes else self.visible.get(key)
+
+    def live_items(self) -> Iterator[tuple[str, Any]]:
+        """The index writer's documents (committed or not), in index order."""
+        for key, stored in self.visible.items():
+            if key not in self.changes:
+                yield key, stored
+        for key, stored in self.changes.items():
+            if stored is not None:
+                yield key, stored
+
+    def _change(self, key: str, stored: Any) -> None:
+        old = self._live(key)
+        if old is not None:
+            self._indexed(key, old, add=False)
+        # An overwrite is a delete plus an add: it moves to the end.
+        self.changes.pop(key, None)
+        self.changes[key] = stored
+        if stored is not None:
+            self._indexed(key, stored, add=True)
 
     def load(self) -> None:
         if self.snapshot is None or not self.snapshot.is_file():
             return
         docs = json.loads(self.snapshot.read_text(encoding="utf-8"))
-        self.visible = {doc[self.schema.unique_key]: doc for doc in docs}
-        self.live = dict(self.visible)
+        self.visible = {doc[self.schema.unique_key]: self._pack(doc) for doc in docs}
+        self.changes = {}
+        for key, stored in self.visible.items():
+            self._indexed(key, stored, add=True)
         self.version = max((int(doc.get("_version_", 0)) for doc in docs), default=0)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.visible, self.changes, self.shared = {}, {}, {}
+            self.index = {name: {} for name in self.index}
+            self._save()
 
     def _save(self) -> None:
         if self.snapshot is None:
             return
         self.snapshot.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.snapshot.with_suffix(".tmp")
-        temporary.write_text(json.dumps(list(self.visible.values())), encoding="utf-8")
+        docs = [self._unpack(stored) for stored in self.visible.values()]
+        temporary.write_text(json.dumps(docs), encoding="utf-8")
         temporary.replace(self.snapshot)
 
     # -- updates -------------------------------------------------------------------------------
@@ -307,23 +422,31 @@ class _Core:
         with self.lock:
             self.version += 1
             stored["_version_"] = self.version
-            key = stored[self.schema.unique_key]
-            self.live.pop(key, None)  # an overwrite is a delete plus an add: it moves to the end
-            self.live[key] = stored
+            self._change(stored[self.schema.unique_key], self._pack(stored))
 
     def delete_id(self, key: str) -> None:
         with self.lock:
-            self.live.pop(key, None)
+            if self._live(key) is not None:
+                self._change(key, None)
 
     def delete_query(self, query: str) -> None:
         predicate = self._predicate(query)
+        exact = getattr(predicate, "exact", None)
         with self.lock:
-            for key in [key for key, doc in self.live.items() if predicate(doc)]:
-                del self.live[key]
+            if exact is not None and exact[0] in self.index:
+                keys = list(self.index[exact[0]].get(exact[1], ()))
+            else:
+                keys = [key for key, stored in self.live_items() if predicate(self._unpack(stored))]
+            for key in keys:
+                self._change(key, None)
 
     def commit(self) -> None:
         with self.lock:
-            self.visible = dict(self.live)
+            for key, stored in self.changes.items():
+                self.visible.pop(key, None)
+                if stored is not None:
+                    self.visible[key] = stored
+            self.changes = {}
             self.commits += 1
             self._save()
             if self.timer is not None:
@@ -382,13 +505,16 @@ class _Core:
                 )
             put(schema_field, raw)
             raw_by_name[name] = raw
-        for source, dest in schema.copy_fields:
+        # In the schema's rule order, and per rule in the document's field order, as before.
+        copies = [
+            (number, position, dest, name)
+            for position, name in enumerate(raw_by_name)
+            for number, dest in schema.copy_rules(name)
+        ]
+        for _number, _position, dest, name in sorted(copies):
             dest_field = schema.field(dest)
-            if dest_field is None:
-                continue
-            for name, raw in raw_by_name.items():
-                if name != dest and fnmatch.fnmatchcase(name, source):
-                    put(dest_field, raw, copy_from=name)
+            if dest_field is not None:
+                put(dest_field, raw_by_name[name], copy_from=name)
         for name, converted in values.items():
             schema_field = fields[name]
             if len(converted) > 1 and not schema_field.multi_valued:
@@ -456,6 +582,7 @@ class _Core:
             stored = doc.get(name)
             return target in stored if isinstance(stored, list) else stored == target
 
+        matches_value.exact = (name, target)  # type: ignore[attr-defined]
         return matches_value
 
     def search(self, handler: "SearchHandler", request: Mapping[str, list[str]]) -> dict[str, Any]:
@@ -478,7 +605,7 @@ class _Core:
         returned = _ReturnFields.parse(params.get("fl", []))
         query = params.get("q", [None])[-1]
         with self.lock:
-            docs = list(self.visible.values())
+            docs = [self._unpack(stored) for stored in self.visible.values()]
         if query is None or not query.strip():
             docs = []  # Solr turns a missing query into one that matches nothing
         else:
@@ -874,6 +1001,16 @@ class SolrStandIn:
     each commit writes the committed documents to ``<data_dir>/<collection>.json`` and a new
     stand-in starts from them, as a restarted Solr keeps its index (the demo runs twice on one
     database); without it, everything is in memory only.
+
+    ``keep_fields`` (or ``lean=True``, which keeps :data:`LEAN_FIELDS`: ``id``,
+    ``iati_activities_document_id``, ``iati_activities_document_hash``) is for a benchmark holding a
+    million documents: every document is still parsed and checked against the schema exactly as
+    without it (and refused the same way), but only those fields are stored, with the uniqueKey and
+    ``_version_``, as a tuple, and their repeated string values once. ``documents()``, ``pending()``
+    and searches see only those fields, so queries and deletes by query can only use them; an exact
+    ``field:value`` or ``field:"value"`` on one of them is answered from an index instead of a scan
+    (the Solr stage deletes by document id once per document). A commit costs what changed since the
+    last one, with or without this option.
     """
 
     def __init__(
@@ -885,7 +1022,11 @@ class SolrStandIn:
         port: int = 0,
         auth: tuple[str, str] | None = None,
         data_dir: Path | None = None,
+        keep_fields: Sequence[str] | None = None,
+        lean: bool = False,
     ) -> None:
+        if lean and keep_fields is None:
+            keep_fields = LEAN_FIELDS
         if collections is None:
             found = sorted(p.parent.parent.name for p in configsets.glob("*/conf/managed-schema.xml"))
             if not found:
@@ -904,6 +1045,7 @@ class SolrStandIn:
                 schemas[configset],
                 handlers[configset],
                 snapshot=data_dir / f"{name}.json" if data_dir else None,
+                keep=tuple(keep_fields) if keep_fields is not None else None,
             )
             self._cores[name].load()
         self._host = host
@@ -963,31 +1105,29 @@ class SolrStandIn:
         """The committed documents of a collection (what a search can see), in index order."""
         core = self._cores[collection]
         with core.lock:
-            return [dict(doc) for doc in core.visible.values()]
+            return [dict(core._unpack(stored)) for stored in core.visible.values()]
 
     def pending(self, collection: str) -> list[dict[str, Any]]:
         """Every document the index holds, committed or not (what the next commit will show)."""
         core = self._cores[collection]
         with core.lock:
-            return [dict(doc) for doc in core.live.values()]
+            return [dict(core._unpack(stored)) for _, stored in core.live_items()]
 
     def commits(self, collection: str) -> int:
         return self._cores[collection].commits
 
     def fail_next(
-        self, collection: str, status: int = 503, *, handler: str = "update", times: int = 1
+        self, collection: str, status: int = 503, *, handler: str = "update", times: int = 1, after: int = 0
     ) -> None:
-        """Answer the next ``times`` requests to ``/solr/<collection>/<handler>`` with ``status``."""
+        """Answer the next ``times`` requests to ``/solr/<collection>/<handler>`` with ``status``,
+        after letting ``after`` of them through (queued behind failures asked for earlier)."""
         with self._lock:
-            self._failures.setdefault((collection, handler), []).extend([status] * times)
+            self._failures.setdefault((collection, handler), []).extend([0] * after + [status] * times)
 
     def clear(self) -> None:
         """Empty every collection (committed and pending)."""
         for core in self._cores.values():
-            with core.lock:
-                core.live.clear()
-                core.visible.clear()
-                core._save()
+            core.clear()
 
     # -- used by the handler -------------------------------------------------------------------
     def _authorised(self, header: str | None) -> bool:
@@ -1005,19 +1145,24 @@ class SolrStandIn:
     def _injected(self, collection: str, handler: str) -> int | None:
         with self._lock:
             queue = self._failures.get((collection, handler))
-            return queue.pop(0) if queue else None
+            return (queue.pop(0) or None) if queue else None
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m ecr_pipelines.dev.standins.solr [--port N] [--data-dir DIR]``: serve the three
-    collections until Ctrl-C."""
+    """``python -m ecr_pipelines.dev.standins.solr [--port N] [--data-dir DIR] [--lean]``: serve the
+    three collections until Ctrl-C (``--lean``: store only ``LEAN_FIELDS``, see ``SolrStandIn``)."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Serve the IATI Solr collections from memory (a stand-in).")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, help="keep committed documents here between runs")
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help=f"check every document as usual but store only {', '.join(LEAN_FIELDS)} (for a million documents)",
+    )
     args = parser.parse_args(argv)
-    with SolrStandIn(port=args.port, data_dir=args.data_dir) as solr:
+    with SolrStandIn(port=args.port, data_dir=args.data_dir, lean=args.lean) as solr:
         print(f"Solr stand-in on {solr.url} with {', '.join(solr.collections)} (Ctrl-C to stop)", flush=True)
         try:
             while True:

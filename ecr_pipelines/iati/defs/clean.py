@@ -18,12 +18,12 @@ from ecr_pipelines.iati.stages.clean import (
 from ecr_pipelines.iati.validate import SUPPORTED_VERSIONS
 from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
-from ecr_pipelines.stages import RetryBatchConfig, log_stage, stage_metadata
+from ecr_pipelines.stages import ProcessesConfig, RetryBatchConfig, log_stage, stage_metadata
 
 CLEAN_BLOB_SAMPLE = 50
 
 
-class IatiCleanConfig(RetryBatchConfig):
+class IatiCleanConfig(RetryBatchConfig, ProcessesConfig):
     """Run config of the clean stage (ops.iati_clean_files.config)."""
 
     retry_errors: bool = Field(
@@ -56,6 +56,7 @@ def iati_clean_files(
         batch_size=config.batch_size,
         limit=config.limit,
         retry_errors=config.retry_errors,
+        processes=config.processes,
         run_id=context.run.run_id,
         progress=context.log.info,
     )

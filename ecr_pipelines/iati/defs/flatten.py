@@ -7,12 +7,12 @@ from ecr_pipelines.iati.defs.sync import GROUP
 from ecr_pipelines.iati.stages.flatten import run_flatten
 from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
-from ecr_pipelines.stages import RetryBatchConfig, log_stage, row_count, stage_metadata
+from ecr_pipelines.stages import ProcessesConfig, RetryBatchConfig, log_stage, row_count, stage_metadata
 
 CLEAN_FILES = dg.AssetKey("iati_clean_files")
 
 
-class FlattenConfig(RetryBatchConfig):
+class FlattenConfig(RetryBatchConfig, ProcessesConfig):
     """Run config of the flatten stage (ops.iati_flattened_activities.config)."""
 
 
@@ -41,6 +41,7 @@ def iati_flattened_activities(
         batch_size=config.batch_size,
         limit=config.limit,
         retry_errors=config.retry_errors,
+        processes=config.processes,
         run_id=context.run.run_id,
         progress=context.log.info,
     )

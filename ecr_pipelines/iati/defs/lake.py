@@ -11,16 +11,17 @@ from ecr_pipelines.iati.lake import identifier_stem
 from ecr_pipelines.iati.stages.lake import run_lake
 from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
-from ecr_pipelines.stages import BatchConfig, log_stage, row_count, stage_metadata
+from ecr_pipelines.stages import BatchConfig, ProcessesConfig, log_stage, row_count, stage_metadata
 
 CHECK_SAMPLE = 25
 
 
-class LakeConfig(BatchConfig):
+class LakeConfig(BatchConfig, ProcessesConfig):
     """Run config of the lake stage (ops.iati_activity_lake.config)."""
 
     workers: int = Field(
-        default=8, description="Threads writing lake blobs (object stores answer one PUT at a time)."
+        default=8,
+        description="Threads writing lake blobs, per process (object stores answer one PUT at a time).",
     )
 
 
@@ -46,6 +47,7 @@ def iati_activity_lake(
         batch_size=config.batch_size,
         limit=config.limit,
         workers=config.workers,
+        processes=config.processes,
         run_id=context.run.run_id,
         progress=context.log.info,
     )

@@ -14,7 +14,7 @@ checked when the definitions load
 loading with a message that names it.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import dagster as dg
@@ -262,7 +262,7 @@ class SolrResource(dg.ConfigurableResource):
     def delete_document(self, document_id: str) -> None:
         self.client().delete_document(document_id)
 
-    def add(self, collection: str, docs: Sequence[Mapping[str, Any]]) -> int:
+    def add(self, collection: str, docs: Iterable[Mapping[str, Any]]) -> int:
         return self.client().add(collection, docs)
 
     def commit(self) -> None:

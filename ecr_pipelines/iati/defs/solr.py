@@ -10,7 +10,7 @@ from ecr_pipelines.iati.defs.resources import SolrResource
 from ecr_pipelines.iati.defs.sync import GROUP
 from ecr_pipelines.iati.solr import SolrError
 from ecr_pipelines.iati.solr_docs import COLLECTIONS
-from ecr_pipelines.iati.stages.solr import run_solr
+from ecr_pipelines.iati.stages.solr import CHUNK_SIZE, run_solr
 from ecr_pipelines.metadata import md_table
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
 from ecr_pipelines.stages import RetryBatchConfig, log_stage, row_count, stage_metadata
@@ -26,6 +26,13 @@ class SolrIndexConfig(RetryBatchConfig):
         default=False, description="Index again the documents Solr refused (solr_api_error)."
     )
     workers: int = Field(default=8, description="Threads reading lake blobs.")
+    chunk_activities: int = Field(
+        default=CHUNK_SIZE,
+        description=(
+            "Flattened activities of a document read, built and sent at a time: memory follows this, "
+            "not the document's size. Output and commit points do not depend on it."
+        ),
+    )
 
 
 @dg.asset(
@@ -36,10 +43,12 @@ class SolrIndexConfig(RetryBatchConfig):
     description=(
         "IATI documents in Solr (SOLR_URL): the activity collection (flattened activity + its lake XML/JSON) "
         "and the transaction and budget collections (one Solr document per element), built by "
-        "ecr_pipelines.iati.solr_docs. Each due document's old entries are deleted and the new ones added in "
-        "bounded batches; one hard commit per batch of documents, after which the rows get solrize_end / "
-        "last_solrize_end (solrize_reindex cleared). A document Solr refuses gets solr_api_error and the batch "
-        "goes on; Solr unreachable stops the run with the documents still due."
+        "ecr_pipelines.iati.solr_docs. Each due document is streamed in chunks of activities: its old entries "
+        "deleted and the new ones added in bounded requests, uncommitted; one hard commit per batch of complete "
+        "documents, after which the rows get solrize_end / last_solrize_end (solrize_reindex cleared). A document "
+        "Solr refuses is removed entirely and gets solr_api_error, and the batch goes on; Solr unreachable stops "
+        "the run with nothing of the batch committed and its documents still due. Documents a run left "
+        "half-sent are redone first, before any other commit."
     ),
 )
 def iati_solr_index(
@@ -67,6 +76,7 @@ def iati_solr_index(
         reindex_all=config.reindex_all,
         retry_errors=config.retry_errors,
         workers=config.workers,
+        chunk_size=config.chunk_activities,
         run_id=context.run.run_id,
         progress=context.log.info,
     )

@@ -30,10 +30,10 @@ from ecr_pipelines.iati.stages.validate import (
 )
 from ecr_pipelines.lib.sql import Sql
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource, HttpResource
-from ecr_pipelines.stages import RetryBatchConfig, log_stage, stage_metadata
+from ecr_pipelines.stages import ProcessesConfig, RetryBatchConfig, log_stage, stage_metadata
 
 
-class IatiValidationConfig(RetryBatchConfig):
+class IatiValidationConfig(RetryBatchConfig, ProcessesConfig):
     """Run config of the validation (ops.iati_validation_reports.config)."""
 
     retry_errors: bool = Field(
@@ -81,6 +81,7 @@ def iati_validation_reports(
         batch_size=config.batch_size,
         limit=config.limit,
         retry_errors=config.retry_errors,
+        processes=config.processes,
         run_id=context.run.run_id,
         progress=context.log.info,
     )

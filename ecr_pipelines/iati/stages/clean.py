@@ -8,10 +8,15 @@ selected: they go no further. Rows with a ``clean_error`` are retried only when 
 changes or with ``retry_errors`` (the refresher retried them every minute, forever). A file that
 must be transcoded to be read as XML (see ``documents.needs_transcoding``) gets its UTF-8 text as
 its clean copy.
+
+A rebuilt (or copied) document is written to a scratch file and uploaded from there, so a 500 MB
+document costs no more memory than a small one. The copying and rebuilding run in worker
+processes (``IATI_PROCESSES``, ``ecr_pipelines.lib.workers``) when the due documents weigh enough;
+the reports are read, the claims held and the outcomes recorded by the run itself.
 """
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +32,18 @@ from ecr_pipelines.lib.batch import Outcome, Progress, Stage, StageReport, run_s
 from ecr_pipelines.lib.blobstore import BlobNotFound, BlobStore
 from ecr_pipelines.lib.scratch import scratch_dir
 from ecr_pipelines.lib.sql import Sql
+from ecr_pipelines.lib.workers import (
+    ItemWorkers,
+    StageResources,
+    WorkerFailure,
+    processes_setting,
+    weighs_enough,
+)
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 50
+OUTPUT_BUFFER = 1024 * 1024
 
 # Selected for cleaning: a linked report of a supported 2.x activities file, valid (copied) or
 # invalid with its per-activity meta list (rebuilt).
@@ -110,15 +123,19 @@ def clean_one(
             return CleanOutcome(doc, "copied", message="transcoded to UTF-8")
         if report is None:
             return CleanOutcome(doc, "unexpected", message="report vanished while cleaning")
+        output = folder / "clean.xml"
         try:
-            result = clean_document(path, report)
+            with open(output, "wb", buffering=OUTPUT_BUFFER) as out:
+                result = clean_document(path, report, out)
+        except OSError:
+            raise  # the scratch disk, not the document: left due below
         except Exception as exc:  # clean_document only raises for a report it cannot use
             return CleanOutcome(doc, "error", error=COULD_NOT_PARSE, message=f"{type(exc).__name__}: {exc}")
-        if result.action == "rebuilt" and result.data is not None:
-            store.put_bytes(target, result.data, "application/xml")
+        if result.action == "rebuilt":
+            store.put_file(target, output, "application/xml")
             return CleanOutcome(doc, "rebuilt", kept=result.kept, dropped=result.dropped)
-        if result.action == "copy" and result.data is not None:
-            store.put_bytes(target, result.data, "application/xml")
+        if result.action == "copy":
+            store.put_file(target, output, "application/xml")
             return CleanOutcome(doc, "copied", kept=result.kept)
         error = result.error or f"Not cleaned: {result.reason}"
         return CleanOutcome(
@@ -128,9 +145,9 @@ def clean_one(
         return CleanOutcome(
             doc, "missing_source", message=f"source blob {source} missing: queued for download again"
         )
-    except Exception as exc:  # the blob store, not the document
+    except Exception as exc:  # the blob store or the scratch disk, not the document
         return CleanOutcome(
-            doc, "unexpected", message=f"blob store: {type(exc).__name__}: {exc}"[:MESSAGE_CHARS]
+            doc, "unexpected", message=f"storage: {type(exc).__name__}: {exc}"[:MESSAGE_CHARS]
         )
     finally:
         for leftover in folder.iterdir():
@@ -185,31 +202,42 @@ STAGE = Stage(
 )
 
 
-def _process(engine: Engine, store: BlobStore):
+def _outcome(result: CleanOutcome) -> Outcome:
+    error = None
+    if result.kind == "error":
+        error = "could_not_parse" if result.error == COULD_NOT_PARSE else "no_valid_activities"
+    elif result.kind == "unexpected":
+        error = "storage"
+    kind = {"missing_source": "sent_back", "unexpected": "left_due"}.get(result.kind, result.kind)
+    detail = (
+        f"{result.error}: {result.message}"
+        if result.error and result.message
+        else result.error or result.message
+    )
+    counts = {"activities_kept": result.kept, "activities_dropped": result.dropped}
+    return Outcome(result.doc.id, kind, error=error, message=detail or "", data=result, counts=counts)
+
+
+def clean_item(resources: StageResources, item: tuple[DueForClean, Mapping[str, Any] | None]) -> Outcome:
+    """One document (and its report) cleaned: in a worker process or in the run's own."""
+    doc, report = item
+    with scratch_dir("iati-clean-") as folder:
+        return _outcome(clean_one(resources.store, doc, report, folder))
+
+
+def _failed(item: tuple[DueForClean, Mapping[str, Any] | None], failure: WorkerFailure) -> Outcome:
+    # Recorded as "unexpected": clean_start is cleared and the document stays due.
+    outcome = _outcome(CleanOutcome(item[0], "unexpected", message=failure.message[:MESSAGE_CHARS]))
+    outcome.error = failure.error
+    return outcome
+
+
+def _process(engine: Engine, workers: ItemWorkers):
     def process(rows: Sequence[sa.Row]) -> list[Outcome]:
         docs = [DueForClean(*row) for row in rows]
         with engine.connect() as conn:
             reports = clean_reports(Sql(conn), [d.id for d in docs if not d.valid])
-        outcomes = []
-        with scratch_dir("iati-clean-") as folder:
-            for doc in docs:
-                result = clean_one(store, doc, reports.get(doc.id), folder)
-                error = None
-                if result.kind == "error":
-                    error = "could_not_parse" if result.error == COULD_NOT_PARSE else "no_valid_activities"
-                elif result.kind == "unexpected":
-                    error = "storage"
-                kind = {"missing_source": "sent_back", "unexpected": "left_due"}.get(result.kind, result.kind)
-                detail = (
-                    f"{result.error}: {result.message}"
-                    if result.error and result.message
-                    else result.error or result.message
-                )
-                counts = {"activities_kept": result.kept, "activities_dropped": result.dropped}
-                outcomes.append(
-                    Outcome(doc.id, kind, error=error, message=detail or "", data=result, counts=counts)
-                )
-        return outcomes
+        return workers.map([(doc, reports.get(doc.id)) for doc in docs])
 
     return process
 
@@ -221,20 +249,36 @@ def clean_due(
     batch_size: int = BATCH_SIZE,
     limit: int | None = None,
     retry_errors: bool = False,
+    processes: int | None = None,
     run_id: str = "",
     progress: Progress = log.info,
+    committed: Callable[[list[Outcome]], None] | None = None,
 ) -> StageReport:
-    """Every due document in batches (claim, clean, record) on the batch-stage runner."""
+    """Every due document in batches (claim, clean, record) on the batch-stage runner.
+
+    ``processes``: worker processes for the copies and rebuilds (default ``IATI_PROCESSES``);
+    ``committed`` is called with each batch's outcomes once they are recorded.
+    """
+    workers = ItemWorkers(
+        clean_item,
+        StageResources(engine, store),
+        processes_setting("IATI_PROCESSES", processes),
+        failed=_failed,
+        pays=weighs_enough(engine, STAGE, "download_size"),
+        name=STAGE.name,
+    )
     return run_stage(
         engine,
         STAGE,
-        _process(engine, store),
+        _process(engine, workers),
         lambda conn, outcomes: record_clean_outcomes(Sql(conn), [o.data for o in outcomes]),
         params={"retry": retry_errors},
         batch_size=batch_size,
         limit=limit,
         run_id=run_id,
         progress=progress,
+        committed=committed,
+        workers=workers,
     )
 
 

@@ -7,10 +7,15 @@ through ``COPY`` from a temporary file, so the stage's memory does not grow with
 jsonb value itself is limited to 256 MB by Postgres; a larger document fails with
 ``flatten_api_error = 1`` as it did before). A document whose clean file is missing goes back to
 download and clean.
+
+Each document is flattened and stored by a worker process (``IATI_PROCESSES``,
+``ecr_pipelines.lib.workers``) when the due documents weigh enough, each worker with its own
+database connection; the run holds the claims and counts the outcomes.
 """
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,9 +24,10 @@ from sqlalchemy.engine import Connection, Engine
 from ecr_pipelines.iati.blobkeys import clean_key
 from ecr_pipelines.iati.flatten import FlattenError, iter_flattened_activities
 from ecr_pipelines.iati.stages.documents import RESET_TO_DOWNLOAD, update_document
-from ecr_pipelines.lib.batch import Outcome, Progress, Stage, StageReport, per_item, run_stage, with_retry
+from ecr_pipelines.lib.batch import Outcome, Progress, Stage, StageReport, run_stage, with_retry
 from ecr_pipelines.lib.blobstore import BlobNotFound, BlobStore
 from ecr_pipelines.lib.scratch import scratch_file
+from ecr_pipelines.lib.workers import ItemWorkers, StageResources, processes_setting, weighs_enough
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,12 @@ def flatten_document(engine: Engine, store: BlobStore, doc_id: str, doc_hash: st
     return Outcome(doc_id, "done", counts={"activities": count})
 
 
+def flatten_item(resources: StageResources, item: tuple[str, str]) -> Outcome:
+    """One claimed document (id, hash): in a worker process or in the run's own."""
+    doc_id, doc_hash = item
+    return flatten_document(resources.engine, resources.store, doc_id, doc_hash)
+
+
 def run_flatten(
     engine: Engine,
     store: BlobStore,
@@ -111,18 +123,33 @@ def run_flatten(
     batch_size: int = 50,
     limit: int | None = None,
     retry_errors: bool = False,
+    processes: int | None = None,
     run_id: str = "",
     progress: Progress = log.info,
+    committed: Callable[[list[Outcome]], None] | None = None,
 ) -> StageReport:
-    """The flatten stage over every due document (``ecr_pipelines.lib.batch.run_stage``)."""
+    """The flatten stage over every due document (``ecr_pipelines.lib.batch.run_stage``).
+
+    ``processes``: worker processes (default ``IATI_PROCESSES``); a document whose worker fails
+    or dies is left due. ``committed`` is called with each batch's outcomes.
+    """
+    workers = ItemWorkers(
+        flatten_item,
+        StageResources(engine, store),
+        processes_setting("IATI_PROCESSES", processes),
+        pays=weighs_enough(engine, STAGE, "download_size"),
+        name=STAGE.name,
+    )
     return run_stage(
         engine,
         STAGE,
-        per_item(lambda row: flatten_document(engine, store, row.id, row.hash)),
+        workers.rows,
         lambda conn, outcomes: None,  # each document's result is written as it is flattened (COPY)
         params={"retry": retry_errors},
         batch_size=batch_size,
         limit=limit,
         run_id=run_id,
         progress=progress,
+        committed=committed,
+        workers=workers,
     )

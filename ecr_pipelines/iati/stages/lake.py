@@ -3,21 +3,27 @@
 Due: downloaded, cleaned, not in the lake yet and no lake error. A document's old lake is
 deleted before it is rebuilt. An unreadable clean file goes back to the clean stage, a missing
 one back to download (the refresher's rules); a storage failure leaves the document due.
+
+Each document is split and written by a worker process (``IATI_PROCESSES``,
+``ecr_pipelines.lib.workers``; each with its own writer threads) when the due documents weigh
+enough; the run holds the claims and counts the outcomes.
 """
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 
 from sqlalchemy.engine import Engine
 
 from ecr_pipelines.iati.blobkeys import clean_key, lake_prefix
 from ecr_pipelines.iati.lake import LakeError, LakeParseError, iter_lake_records
 from ecr_pipelines.iati.stages.documents import RESET_LAKE, RESET_TO_CLEAN, RESET_TO_DOWNLOAD, update_document
-from ecr_pipelines.lib.batch import Outcome, Progress, Stage, StageReport, clip, per_item, run_stage
+from ecr_pipelines.lib.batch import Outcome, Progress, Stage, StageReport, clip, run_stage
 from ecr_pipelines.lib.blobstore import BlobNotFound, BlobStore
 from ecr_pipelines.lib.scratch import scratch_file
+from ecr_pipelines.lib.workers import ItemWorkers, StageResources, processes_setting, weighs_enough
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,9 @@ class BoundedWriter:
 
     def _put(self, key: str, data: bytes, content_type: str) -> int:
         try:
-            return self.store.put_bytes(key, data, content_type)
+            # Not atomic: a lake is read only once its document's lakify_end is set, and a
+            # rebuilt or interrupted lake is deleted before it is written again.
+            return self.store.put_bytes(key, data, content_type, atomic=False)
         finally:
             self.slots.release()
 
@@ -139,6 +147,12 @@ def lake_document(
     return Outcome(doc_id, "superseded", counts=counts)
 
 
+def lake_item(resources: StageResources, item: tuple[str, str], *, workers: int) -> Outcome:
+    """One claimed document (id, hash): in a worker process or in the run's own."""
+    doc_id, doc_hash = item
+    return lake_document(resources.engine, resources.store, doc_id, doc_hash, workers=workers)
+
+
 def run_lake(
     engine: Engine,
     store: BlobStore,
@@ -146,17 +160,33 @@ def run_lake(
     batch_size: int = 50,
     limit: int | None = None,
     workers: int = 8,
+    processes: int | None = None,
     run_id: str = "",
     progress: Progress = log.info,
+    committed: Callable[[list[Outcome]], None] | None = None,
 ) -> StageReport:
-    """The lake stage over every due document (``ecr_pipelines.lib.batch.run_stage``)."""
+    """The lake stage over every due document (``ecr_pipelines.lib.batch.run_stage``).
+
+    ``workers``: writer threads per document; ``processes``: worker processes (default
+    ``IATI_PROCESSES``), a document whose worker fails or dies is left due. ``committed`` is
+    called with each batch's outcomes.
+    """
+    pool = ItemWorkers(
+        partial(lake_item, workers=workers),
+        StageResources(engine, store),
+        processes_setting("IATI_PROCESSES", processes),
+        pays=weighs_enough(engine, STAGE, "download_size"),
+        name=STAGE.name,
+    )
     return run_stage(
         engine,
         STAGE,
-        per_item(lambda row: lake_document(engine, store, row.id, row.hash, workers=workers)),
+        pool.rows,
         lambda conn, outcomes: None,  # each document's state is written as its lake is
         batch_size=batch_size,
         limit=limit,
         run_id=run_id,
         progress=progress,
+        committed=committed,
+        workers=pool,
     )

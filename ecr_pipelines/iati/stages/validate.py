@@ -29,10 +29,15 @@ are counted as ``validated_locally_too_large`` and the report's ``apiVersion`` s
 Encodings: sources are validated as stored (lxml honours the BOM and the XML declaration; no
 declaration means UTF-8). When the download stage detected a non-Unicode encoding in a file that
 declares none, that file is transcoded to UTF-8 first (``documents.fetch_source``).
+
+With the local validator the documents are validated by worker processes (``IATI_PROCESSES``,
+``ecr_pipelines.lib.workers``) when the due documents weigh enough, each worker with its own
+validator; the run holds the claims and stores the reports. The API validator waits on the
+network, not the CPU: it stays in the run's own process.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,12 +47,25 @@ from sqlalchemy.engine import Connection, Engine
 
 from ecr_pipelines.iati.blobkeys import source_key
 from ecr_pipelines.iati.stages.documents import MESSAGE_CHARS, fetch_source, json_text
-from ecr_pipelines.iati.validator_api import EXPECTED_STATUSES, TOO_LARGE, Validator, ValidatorAnswer
+from ecr_pipelines.iati.validator_api import (
+    EXPECTED_STATUSES,
+    TOO_LARGE,
+    LocalValidator,
+    Validator,
+    ValidatorAnswer,
+)
 from ecr_pipelines.lib.batch import Outcome, Progress, Stage, StageReport, run_stage
 from ecr_pipelines.lib.blobstore import BlobNotFound, BlobStore
 from ecr_pipelines.lib.http import FetchError
 from ecr_pipelines.lib.scratch import scratch_dir
 from ecr_pipelines.lib.sql import Sql
+from ecr_pipelines.lib.workers import (
+    ItemWorkers,
+    StageResources,
+    WorkerFailure,
+    processes_setting,
+    weighs_enough,
+)
 
 log = logging.getLogger(__name__)
 
@@ -345,24 +363,57 @@ def _outcome(result: ValidationOutcome) -> Outcome:
     return Outcome(doc.id, kind, error=error, message=result.message, data=result, counts=counts)
 
 
+def _until_stopped(results: Iterable[Outcome], consecutive: list[int]) -> list[Outcome]:
+    """The outcomes up to the one that stops the stage: ``MAX_CONSECUTIVE_FAILURES`` documents in
+    a row that failed for a reason not theirs (``consecutive`` carries the count across batches).
+    The results are consumed lazily, so in this process the documents after that one are not
+    even validated; from workers they were, but are dropped unrecorded and stay due."""
+    outcomes: list[Outcome] = []
+    for outcome in results:
+        outcomes.append(outcome)
+        result: ValidationOutcome = outcome.data
+        consecutive[0] = consecutive[0] + 1 if result.kind == "unexpected" else 0
+        if consecutive[0] >= MAX_CONSECUTIVE_FAILURES:
+            outcome.stop = (
+                f"{consecutive[0]} documents in a row failed for a reason not theirs: {result.message}"
+            )
+            break
+    return outcomes
+
+
 def _process_batch(store: BlobStore, validator: Validator):
-    consecutive = 0
+    consecutive = [0]
 
     def process(rows: Sequence[sa.Row]) -> list[Outcome]:
-        nonlocal consecutive
-        outcomes: list[Outcome] = []
         with scratch_dir("iati-validate-") as folder:
-            for row in rows:
-                result = _process_for_validation(DueForValidation(*row), store, validator, folder)
-                outcome = _outcome(result)
-                outcomes.append(outcome)
-                consecutive = consecutive + 1 if result.kind == "unexpected" else 0
-                if consecutive >= MAX_CONSECUTIVE_FAILURES:
-                    outcome.stop = (
-                        f"{consecutive} documents in a row failed for a reason not theirs: {result.message}"
-                    )
-                    break
-        return outcomes
+            results = (
+                _outcome(_process_for_validation(DueForValidation(*row), store, validator, folder))
+                for row in rows
+            )
+            return _until_stopped(results, consecutive)
+
+    return process
+
+
+def validate_item(resources: StageResources, doc: DueForValidation) -> Outcome:
+    """One document validated by the local validator, in a worker process or in the run's own."""
+    validator = resources.options["validator"]
+    with scratch_dir("iati-validate-") as folder:
+        return _outcome(_process_for_validation(doc, resources.store, validator, folder))
+
+
+def _failed(doc: DueForValidation, failure: WorkerFailure) -> Outcome:
+    # Stored as "unexpected": nothing is written and the document stays due.
+    outcome = _outcome(ValidationOutcome(doc, "unexpected", message=failure.message[:MESSAGE_CHARS]))
+    outcome.error = failure.error
+    return outcome
+
+
+def _process_in(workers: ItemWorkers):
+    consecutive = [0]
+
+    def process(rows: Sequence[sa.Row]) -> list[Outcome]:
+        return _until_stopped(workers.map([DueForValidation(*row) for row in rows]), consecutive)
 
     return process
 
@@ -392,18 +443,35 @@ def validate_due(
     batch_size: int = BATCH_SIZE,
     limit: int | None = None,
     retry_errors: bool = False,
+    processes: int | None = None,
     run_id: str = "",
     progress: Progress = log.info,
+    committed: Callable[[list[Outcome]], None] | None = None,
 ) -> StageReport:
     """Validate every due document in batches, each batch written back in its own transaction.
 
     ``report.stopped`` says why the stage stopped early (the validator could not be reached
-    ``MAX_CONSECUTIVE_FAILURES`` times in a row); what was done before is stored.
+    ``MAX_CONSECUTIVE_FAILURES`` times in a row); what was done before is stored. ``processes``:
+    worker processes for the local validator (default ``IATI_PROCESSES``; the API validator
+    ignores it). ``committed`` is called with each batch's outcomes once they are stored.
     """
+    workers = None
+    process = _process_batch(store, validator)
+    if isinstance(validator, LocalValidator):
+        workers = ItemWorkers(
+            validate_item,
+            # Pickled: each worker gets a copy of its own (it keeps the last report between calls).
+            StageResources(engine, store, validator=validator),
+            processes_setting("IATI_PROCESSES", processes),
+            failed=_failed,
+            pays=weighs_enough(engine, STAGE, "download_size"),
+            name=STAGE.name,
+        )
+        process = _process_in(workers)
     return run_stage(
         engine,
         STAGE,
-        _process_batch(store, validator),
+        process,
         _record,
         params={"hold": _hold_seconds(hold_hours), "retry": retry_errors},
         batch_size=batch_size,
@@ -411,4 +479,8 @@ def validate_due(
         run_id=run_id,
         progress=progress,
         refused=_refused,
+        committed=committed,
+        workers=workers,
+        # The API back end works in this process alone; the metadata says so all the same.
+        report=StageReport(STAGE.name, processes=1) if workers is None else None,
     )
