@@ -17,7 +17,9 @@ returns only the repeated ones, streamed alongside. For each chunk only its lake
 (``solr_docs.SolrDocStream``, the same documents as the whole-document functions) and handed to
 the client as generators, which sends them in requests of at most ``SOLR_BATCH_SIZE``
 documents and about ``SOLR_MAX_BATCH_BYTES``; then the chunk is dropped. Memory depends on the
-chunk size and the largest activity, not on the document.
+chunk size and the largest activity, not on the document. ``documents_at_once`` documents of a
+batch (default two, threads) are sent at the same time, so one is built while another waits for
+Solr; the batch's commit waits for all of them.
 
 Index guarantee. Solr has no transactions (and SolrCloud no rollback), so the guarantee is
 stated in commit points:
