@@ -10,7 +10,9 @@ import pytest
 
 from ecr_pipelines.dev.iati_demo import RECORDINGS
 from ecr_pipelines.dev.standins import StandInServer
+from ecr_pipelines.dev.standins.solr import SolrStandIn
 from ecr_pipelines.iati.defs.resources import IatiResource
+from ecr_pipelines.lib.blobstore import BlobStore
 from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
 from ecr_pipelines_tests.metadata import materialization_metadata
 
@@ -57,3 +59,23 @@ def asset_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any
         event.asset_key.to_user_string() for event in result.get_asset_materialization_events()
     )
     return {key: materialization_metadata(result, key) for key in keys}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BlobStore:
+    return BlobStoreResource(url=str(tmp_path / "blobs")).store
+
+
+@pytest.fixture
+def solr() -> Iterator[SolrStandIn]:
+    with SolrStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def one_document_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests that inject Solr faults by request number: one document in flight keeps that
+    order (``test_documents_at_once_index_the_same`` covers several)."""
+    from ecr_pipelines.iati.stages import solr as solr_stage
+
+    monkeypatch.setattr(solr_stage, "DOCUMENTS_AT_ONCE", 1)

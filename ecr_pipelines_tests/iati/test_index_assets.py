@@ -1,7 +1,6 @@
 """The flatten, lake and Solr assets in Dagster: metadata, checks, run config and failures, and the
 whole IATI chain (sync, download, validate, clean, flatten, lake, Solr) on the stand-ins."""
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,6 @@ from ecr_pipelines_tests.iati.test_index_stage import WORKED_ID, commits, sample
 
 ASSETS = [iati_flattened_activities, iati_activity_lake, iati_solr_index]
 INDEX_CHECKS = [*flatten_checks, *lake_checks, *solr_checks]
-
-
-@pytest.fixture
-def solr() -> Iterator[SolrStandIn]:
-    with SolrStandIn() as server:
-        yield server
 
 
 @pytest.fixture

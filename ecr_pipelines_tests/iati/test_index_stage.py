@@ -8,9 +8,7 @@ Postgres, in the blob store and committed in Solr.
 import hashlib
 import io
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,19 +29,12 @@ from ecr_pipelines.iati.stages.lake import run_lake
 from ecr_pipelines.iati.stages.solr import run_solr
 from ecr_pipelines.lib.batch import StageReport
 from ecr_pipelines.lib.blobstore import BlobStore
-from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
+from ecr_pipelines.resources import DatabaseResource
 from ecr_pipelines_tests.iati.claims import claim_for_dead_run, claim_for_live_run, claims
 from ecr_pipelines_tests.iati.iati_samples import SAMPLES
 from ecr_pipelines_tests.iati.test_flatten import WORKED_EXAMPLE
 
-
-@pytest.fixture(autouse=True)
-def one_document_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests inject faults by request number: one document in flight keeps that order
-    (``test_documents_at_once_index_the_same`` covers several)."""
-    from ecr_pipelines.iati.stages import solr as solr_stage
-
-    monkeypatch.setattr(solr_stage, "DOCUMENTS_AT_ONCE", 1)
+pytestmark = pytest.mark.usefixtures("one_document_at_a_time")
 
 
 PUBLISHER = "pub00000-0000-4000-8000-000000000001"
@@ -165,17 +156,6 @@ def row(db: DatabaseResource, doc_id: str) -> dict[str, Any]:
 def execute(db: DatabaseResource, sql: str, **params: Any) -> None:
     with db.begin() as conn:
         conn.execute(sa.text(sql), params)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> BlobStore:
-    return BlobStoreResource(url=str(tmp_path / "blobs")).store
-
-
-@pytest.fixture
-def solr() -> Iterator[SolrStandIn]:
-    with SolrStandIn() as server:
-        yield server
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The Solr resource against the Solr stand-in: configuration from the environment, the three
 collections, batching, the explicit commits, and how failures are classified."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -33,12 +32,6 @@ ENV = (
     "SOLR_BATCH_SIZE",
     "SOLR_MAX_BATCH_BYTES",
 )
-
-
-@pytest.fixture
-def solr() -> Iterator[SolrStandIn]:
-    with SolrStandIn() as server:
-        yield server
 
 
 @pytest.fixture

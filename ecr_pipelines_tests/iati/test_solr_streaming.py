@@ -13,7 +13,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pysolr
@@ -38,19 +37,12 @@ from ecr_pipelines.iati.stages.flatten import run_flatten
 from ecr_pipelines.iati.stages.lake import run_lake
 from ecr_pipelines.iati.stages.solr import PART_WAY, iter_activity_chunks, run_solr
 from ecr_pipelines.lib.blobstore import BlobStore
-from ecr_pipelines.resources import BlobStoreResource, DatabaseResource
+from ecr_pipelines.resources import DatabaseResource
 from ecr_pipelines_tests.iati.iati_samples import SAMPLES
 from ecr_pipelines_tests.iati.test_flatten import WORKED_EXAMPLE
 from ecr_pipelines_tests.iati.test_index_stage import WORKED_ID, execute, row, seed_document
 
-
-@pytest.fixture(autouse=True)
-def one_document_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests inject faults by request number: one document in flight keeps that order
-    (``test_documents_at_once_index_the_same`` covers several)."""
-    from ecr_pipelines.iati.stages import solr as solr_stage
-
-    monkeypatch.setattr(solr_stage, "DOCUMENTS_AT_ONCE", 1)
+pytestmark = pytest.mark.usefixtures("one_document_at_a_time")
 
 
 BIG_ID = "b0000001-0000-4000-8000-000000000001"
@@ -143,17 +135,6 @@ class FailingLake:
             if fail:
                 raise self.error
         return self.inner.get_bytes(key)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> BlobStore:
-    return BlobStoreResource(url=str(tmp_path / "blobs")).store
-
-
-@pytest.fixture
-def solr() -> Iterator[SolrStandIn]:
-    with SolrStandIn() as server:
-        yield server
 
 
 @pytest.fixture
