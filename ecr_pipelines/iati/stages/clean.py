@@ -26,19 +26,19 @@ from sqlalchemy.engine import Engine
 
 from ecr_pipelines.iati.blobkeys import clean_key, source_key
 from ecr_pipelines.iati.clean import COULD_NOT_PARSE, clean_document
-from ecr_pipelines.iati.stages.documents import HEAD_BYTES, MESSAGE_CHARS, fetch_source, needs_transcoding
+from ecr_pipelines.iati.stages.documents import (
+    HEAD_BYTES,
+    MESSAGE_CHARS,
+    document_workers,
+    fetch_source,
+    needs_transcoding,
+)
 from ecr_pipelines.iati.validate import ACTIVITIES, SUPPORTED_VERSIONS
 from ecr_pipelines.lib.batch import Outcome, Progress, Stage, StageReport, run_stage
 from ecr_pipelines.lib.blobstore import BlobNotFound, BlobStore
 from ecr_pipelines.lib.scratch import scratch_dir
 from ecr_pipelines.lib.sql import Sql
-from ecr_pipelines.lib.workers import (
-    ItemWorkers,
-    StageResources,
-    WorkerFailure,
-    processes_setting,
-    weighs_enough,
-)
+from ecr_pipelines.lib.workers import ItemWorkers, StageResources, WorkerFailure
 
 log = logging.getLogger(__name__)
 
@@ -259,14 +259,7 @@ def clean_due(
     ``processes``: worker processes for the copies and rebuilds (default ``IATI_PROCESSES``);
     ``committed`` is called with each batch's outcomes once they are recorded.
     """
-    workers = ItemWorkers(
-        clean_item,
-        StageResources(engine, store),
-        processes_setting("IATI_PROCESSES", processes),
-        failed=_failed,
-        pays=weighs_enough(engine, STAGE, "download_size"),
-        name=STAGE.name,
-    )
+    workers = document_workers(clean_item, engine, store, STAGE, processes, failed=_failed)
     return run_stage(
         engine,
         STAGE,

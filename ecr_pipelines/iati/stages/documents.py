@@ -7,7 +7,7 @@ a stage worked on it, the stale result is dropped (``superseded``).
 import codecs
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ecr_pipelines.iati.blobkeys import source_key
-from ecr_pipelines.lib.batch import with_retry
+from ecr_pipelines.lib.batch import Outcome, Stage, with_retry
 from ecr_pipelines.lib.blobstore import BlobStore
+from ecr_pipelines.lib.workers import (
+    ItemWorkers,
+    StageResources,
+    WorkerFailure,
+    left_due,
+    processes_setting,
+    weighs_enough,
+)
 
 HEAD_BYTES = 4096
 MESSAGE_CHARS = 500
@@ -25,6 +33,29 @@ MESSAGE_CHARS = 500
 RESET_TO_DOWNLOAD = "downloaded = NULL, clean_start = NULL, clean_end = NULL, clean_error = NULL"
 RESET_TO_CLEAN = "clean_start = NULL, clean_end = NULL, clean_error = NULL"
 RESET_LAKE = "lakify_start = NULL, lakify_end = NULL, lakify_error = NULL"
+PROCESSES_VARIABLE = "IATI_PROCESSES"
+
+
+def document_workers(
+    task: Callable[[StageResources, Any], Outcome],
+    engine: Engine,
+    store: BlobStore,
+    stage: Stage,
+    processes: int | None,
+    *,
+    failed: Callable[[Any, WorkerFailure], Outcome] = left_due,
+    **options: Any,
+) -> ItemWorkers:
+    """Worker processes for a stage's per-document work: ``processes`` (the run config) or
+    ``IATI_PROCESSES``, started only when the due documents weigh enough (``download_size``)."""
+    return ItemWorkers(
+        task,
+        StageResources(engine, store, **options),
+        processes_setting(PROCESSES_VARIABLE, processes),
+        failed=failed,
+        pays=weighs_enough(engine, stage, "download_size"),
+        name=stage.name,
+    )
 
 
 def update_document(engine: Engine, set_clause: str, doc_id: str, doc_hash: str, **params: Any) -> bool:

@@ -23,11 +23,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from ecr_pipelines.iati.blobkeys import clean_key
 from ecr_pipelines.iati.flatten import FlattenError, iter_flattened_activities
-from ecr_pipelines.iati.stages.documents import RESET_TO_DOWNLOAD, update_document
+from ecr_pipelines.iati.stages.documents import RESET_TO_DOWNLOAD, document_workers, update_document
 from ecr_pipelines.lib.batch import Outcome, Progress, Stage, StageReport, run_stage, with_retry
 from ecr_pipelines.lib.blobstore import BlobNotFound, BlobStore
 from ecr_pipelines.lib.scratch import scratch_file
-from ecr_pipelines.lib.workers import ItemWorkers, StageResources, processes_setting, weighs_enough
+from ecr_pipelines.lib.workers import StageResources
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +133,7 @@ def run_flatten(
     ``processes``: worker processes (default ``IATI_PROCESSES``); a document whose worker fails
     or dies is left due. ``committed`` is called with each batch's outcomes.
     """
-    workers = ItemWorkers(
-        flatten_item,
-        StageResources(engine, store),
-        processes_setting("IATI_PROCESSES", processes),
-        pays=weighs_enough(engine, STAGE, "download_size"),
-        name=STAGE.name,
-    )
+    workers = document_workers(flatten_item, engine, store, STAGE, processes)
     return run_stage(
         engine,
         STAGE,

@@ -19,11 +19,17 @@ from sqlalchemy.engine import Engine
 
 from ecr_pipelines.iati.blobkeys import clean_key, lake_prefix
 from ecr_pipelines.iati.lake import LakeError, LakeParseError, iter_lake_records
-from ecr_pipelines.iati.stages.documents import RESET_LAKE, RESET_TO_CLEAN, RESET_TO_DOWNLOAD, update_document
+from ecr_pipelines.iati.stages.documents import (
+    RESET_LAKE,
+    RESET_TO_CLEAN,
+    RESET_TO_DOWNLOAD,
+    document_workers,
+    update_document,
+)
 from ecr_pipelines.lib.batch import Outcome, Progress, Stage, StageReport, clip, run_stage
 from ecr_pipelines.lib.blobstore import BlobNotFound, BlobStore
 from ecr_pipelines.lib.scratch import scratch_file
-from ecr_pipelines.lib.workers import ItemWorkers, StageResources, processes_setting, weighs_enough
+from ecr_pipelines.lib.workers import StageResources
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +177,7 @@ def run_lake(
     ``IATI_PROCESSES``), a document whose worker fails or dies is left due. ``committed`` is
     called with each batch's outcomes.
     """
-    pool = ItemWorkers(
-        partial(lake_item, workers=workers),
-        StageResources(engine, store),
-        processes_setting("IATI_PROCESSES", processes),
-        pays=weighs_enough(engine, STAGE, "download_size"),
-        name=STAGE.name,
-    )
+    pool = document_workers(partial(lake_item, workers=workers), engine, store, STAGE, processes)
     return run_stage(
         engine,
         STAGE,

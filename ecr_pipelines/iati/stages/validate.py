@@ -46,7 +46,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ecr_pipelines.iati.blobkeys import source_key
-from ecr_pipelines.iati.stages.documents import MESSAGE_CHARS, fetch_source, json_text
+from ecr_pipelines.iati.stages.documents import MESSAGE_CHARS, document_workers, fetch_source, json_text
 from ecr_pipelines.iati.validator_api import (
     EXPECTED_STATUSES,
     TOO_LARGE,
@@ -59,13 +59,7 @@ from ecr_pipelines.lib.blobstore import BlobNotFound, BlobStore
 from ecr_pipelines.lib.http import FetchError
 from ecr_pipelines.lib.scratch import scratch_dir
 from ecr_pipelines.lib.sql import Sql
-from ecr_pipelines.lib.workers import (
-    ItemWorkers,
-    StageResources,
-    WorkerFailure,
-    processes_setting,
-    weighs_enough,
-)
+from ecr_pipelines.lib.workers import ItemWorkers, StageResources, WorkerFailure
 
 log = logging.getLogger(__name__)
 
@@ -458,14 +452,15 @@ def validate_due(
     workers = None
     process = _process_batch(store, validator)
     if isinstance(validator, LocalValidator):
-        workers = ItemWorkers(
+        workers = document_workers(
             validate_item,
-            # Pickled: each worker gets a copy of its own (it keeps the last report between calls).
-            StageResources(engine, store, validator=validator),
-            processes_setting("IATI_PROCESSES", processes),
+            engine,
+            store,
+            STAGE,
+            processes,
             failed=_failed,
-            pays=weighs_enough(engine, STAGE, "download_size"),
-            name=STAGE.name,
+            # Pickled: each worker gets a copy of its own (it keeps the last report between calls).
+            validator=validator,
         )
         process = _process_in(workers)
     return run_stage(
